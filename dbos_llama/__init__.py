@@ -1,0 +1,57 @@
+"""dbos_llama: durable LlamaIndex Workflows on DBOS Transact, with one class decorator.
+
+Example:
+    ```python
+    from dbos_llama import durable, durable_step
+
+    @durable_step(max_attempts=3)
+    async def call_model(prompt: str) -> str: ...
+
+    @durable
+    class Orders(Workflow):
+        @step
+        async def draft(self, ev: StartEvent) -> StopEvent:
+            return StopEvent(result=await call_model(ev.prompt))
+    ```
+"""
+
+from ._decorator import durable
+from ._durable_step import durable_step, now, random, sleep, uuid4
+from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
+from .errors import (
+    DuplicateNameError,
+    DurableDefinitionError,
+    DurableError,
+    NotAWorkflowError,
+    NotSerializableError,
+    RunConflictError,
+    StepFailedError,
+    UnstableNameError,
+    VersionMismatchError,
+    WorkflowNotRegisteredError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "durable",
+    "durable_step",
+    "now",
+    "random",
+    "sleep",
+    "uuid4",
+    "current_run_id",
+    "DBOSRuntime",
+    "dbos_runtime",
+    "DurableError",
+    "DurableDefinitionError",
+    "UnstableNameError",
+    "DuplicateNameError",
+    "NotAWorkflowError",
+    "NotSerializableError",
+    "WorkflowNotRegisteredError",
+    "VersionMismatchError",
+    "StepFailedError",
+    "RunConflictError",
+    "__version__",
+]

@@ -1,0 +1,133 @@
+"""`@durable`: turn a Workflow class into a durable one at class-definition time."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar, overload
+
+from workflows.workflow import Workflow
+
+from . import _naming
+from ._registry import BINDING_ATTR, binding_of
+from ._runtime import dbos_runtime
+from ._step_workflows import Binding
+from .errors import NotAWorkflowError
+
+W = TypeVar("W", bound=type[Workflow])
+
+# Set while `durable()` builds its own subclass, so that subclass is not also
+# auto-registered under its derived name.
+_building: ContextVar[bool] = ContextVar("dbos_llama_building", default=False)
+
+
+@overload
+def durable(cls: W, *, name: str | None = None, version: str | None = None) -> W: ...
+
+
+@overload
+def durable(
+    cls: None = None, *, name: str | None = None, version: str | None = None
+) -> Callable[[W], W]: ...
+
+
+def durable(
+    cls: W | None = None, *, name: str | None = None, version: str | None = None
+) -> W | Callable[[W], W]:
+    """Make a LlamaIndex `Workflow` class durable on DBOS.
+
+    At class-definition time this registers one DBOS workflow for the run and one
+    per ``@step`` under stable names (``module.QualName``, or ``name``), so that
+    ``DBOS.launch()`` in a restarted process can resume every unfinished run.
+    Instances run on the DBOS runtime without a ``runtime=`` argument; subclasses
+    are registered under their own names automatically.
+
+    Args:
+        cls: The `Workflow` subclass (when used bare or as a function).
+        name: Stable name to register under, instead of ``module.QualName``.
+            Required for classes defined inside functions.
+        version: Code version recorded with each run. By default a hash of the
+            class's step source: a run is never replayed against other code.
+
+    Returns:
+        A durable subclass of ``cls`` with the same name, module and signature.
+
+    Example:
+        ```python
+        @durable
+        class Orders(Workflow):
+            @step
+            async def draft(self, ev: StartEvent) -> StopEvent:
+                return StopEvent(result=await call_model(ev.prompt))
+
+        DurableAgent = durable(AgentWorkflow, name="support-agent")
+        ```
+    """
+    if cls is None:
+        return functools.partial(durable, name=name, version=version)  # type: ignore[return-value]
+    if not (isinstance(cls, type) and issubclass(cls, Workflow)):
+        raise NotAWorkflowError(
+            f"@durable applies to subclasses of workflows.Workflow, not to "
+            f"{cls!r}. Decorate the class itself: @durable class MyFlow(Workflow): ..."
+        )
+    existing: Binding | None = cls.__dict__.get(BINDING_ATTR)
+    if (
+        existing is not None
+        and name in (None, existing.name)
+        and version
+        in (
+            None,
+            existing.explicit_version,
+        )
+    ):
+        return cls
+    stable_name = name if name is not None else _naming.derive_name(cls)
+    durable_cls = _make_durable_subclass(cls)
+    Binding(durable_cls, stable_name, version).register()
+    return durable_cls  # type: ignore[return-value]
+
+
+def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
+    original_init = cls.__init__
+
+    def __init__(self: Workflow, *args: Any, **kwargs: Any) -> None:
+        binding = binding_of(type(self))
+        if kwargs.get("runtime") is None:
+            kwargs.pop("runtime", None)
+            with dbos_runtime.registering():
+                original_init(self, *args, **kwargs)
+        else:
+            original_init(self, *args, **kwargs)
+        binding.adopt(self)
+
+    functools.update_wrapper(__init__, original_init)
+    __init__.__signature__ = inspect.signature(original_init)  # type: ignore[attr-defined]
+
+    def __init_subclass__(sub: type[Workflow], **kwargs: Any) -> None:
+        super(durable_cls, sub).__init_subclass__(**kwargs)
+        if _building.get():
+            return
+        try:
+            derived = _naming.derive_name(sub)
+        except Exception:
+            # A local subclass: it gets a binding only through @durable(name=...).
+            return
+        Binding(sub, derived, None).register()
+
+    namespace = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "__init__": __init__,
+        "__init_subclass__": classmethod(__init_subclass__),
+    }
+    token = _building.set(True)
+    try:
+        durable_cls = type(cls)(cls.__name__, (cls,), namespace)
+    finally:
+        _building.reset(token)
+    # Free-function steps added with `add_step` live on the class itself.
+    durable_cls._step_functions = dict(cls._step_functions)
+    return durable_cls

@@ -1,0 +1,178 @@
+"""`@durable_step` and the deterministic helpers (time, randomness, sleep) for step code."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import random as _random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+import wrapt
+from dbos import DBOS
+
+from ._runtime import _current_invocation
+from ._serialization import ensure_serializable
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _in_durable_step_code() -> bool:
+    """True inside the code of a step invocation (and not inside a DBOS step)."""
+    return _current_invocation.get() is not None and DBOS.step_status is None
+
+
+@overload
+def durable_step(func: F) -> F: ...
+
+
+@overload
+def durable_step(
+    func: None = None,
+    *,
+    name: str | None = None,
+    max_attempts: int = 1,
+    interval_seconds: float = 1.0,
+    backoff_rate: float = 2.0,
+) -> Callable[[F], F]: ...
+
+
+def durable_step(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    max_attempts: int = 1,
+    interval_seconds: float = 1.0,
+    backoff_rate: float = 2.0,
+) -> F | Callable[[F], F]:
+    """Declare a durable external call: its result is checkpointed in the running step.
+
+    Called from a step of a `@durable` workflow, the call runs as a DBOS step of
+    that step's invocation: once it has returned, a restarted process gets the
+    recorded result instead of calling again. A call in flight when the process
+    died runs again (at-least-once for it, exactly-once for completed calls).
+    Anywhere else it is a plain call. Works on sync and async functions and
+    methods, and keeps their signature.
+
+    Args:
+        name: Name recorded for the call (default ``module.QualName``).
+        max_attempts: Attempts before the error propagates (1 = no retries).
+        interval_seconds: Delay before the first retry.
+        backoff_rate: Factor applied to the delay after each retry.
+
+    Example:
+        ```python
+        @durable_step(max_attempts=3)
+        async def call_model(prompt: str) -> str:
+            return (await llm.acomplete(prompt)).text
+        ```
+    """
+    if func is None:
+        return lambda f: durable_step(  # type: ignore[return-value]
+            f,
+            name=name,
+            max_attempts=max_attempts,
+            interval_seconds=interval_seconds,
+            backoff_rate=backoff_rate,
+        )
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+    step_name = name or f"{func.__module__}.{func.__qualname__}"
+    options: dict[str, Any] = {
+        "name": step_name,
+        "retries_allowed": max_attempts > 1,
+        "max_attempts": max_attempts,
+        "interval_seconds": interval_seconds,
+        "backoff_rate": backoff_rate,
+    }
+    what = f"The result of durable step {step_name!r}"
+
+    if inspect.iscoroutinefunction(func):
+
+        @wrapt.decorator
+        async def async_wrapper(
+            wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+        ) -> Any:
+            if not _in_durable_step_code():
+                return await wrapped(*args, **kwargs)
+
+            async def checked() -> Any:
+                result = await wrapped(*args, **kwargs)
+                ensure_serializable(result, what)
+                return result
+
+            return await DBOS.run_step_async(options, checked)  # type: ignore[arg-type]
+
+        return async_wrapper(func)  # type: ignore[no-any-return]
+
+    @wrapt.decorator
+    def sync_wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
+        if not _in_durable_step_code():
+            return wrapped(*args, **kwargs)
+
+        def checked() -> Any:
+            result = wrapped(*args, **kwargs)
+            ensure_serializable(result, what)
+            return result
+
+        return _run_sync_step(options, checked)
+
+    return sync_wrapper(func)  # type: ignore[no-any-return]
+
+
+def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return DBOS.run_step(options, fn)  # type: ignore[arg-type]
+    # A sync call from async step code: DBOS's sync API refuses a running loop, so
+    # run it in a helper thread with this context (the step's DBOS context) and
+    # block, as the plain sync call would have.
+    ctx = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(ctx.run, DBOS.run_step, options, fn).result()
+
+
+async def now() -> float:
+    """Current time (seconds since the epoch), recorded once per call and replayed.
+
+    Example: ``deadline = await now() + 3600``.
+    """
+    if not _in_durable_step_code():
+        return time.time()
+    return await DBOS.run_step_async({"name": "dbos_llama.now"}, time.time)
+
+
+async def random() -> float:
+    """A random float in [0, 1), recorded once per call and replayed after a crash."""
+    if not _in_durable_step_code():
+        return _random.random()
+    return await DBOS.run_step_async({"name": "dbos_llama.random"}, _random.random)
+
+
+async def uuid4() -> str:
+    """A random UUID string, recorded once per call and replayed after a crash."""
+
+    def make() -> str:
+        return str(uuid.uuid4())
+
+    if not _in_durable_step_code():
+        return make()
+    return await DBOS.run_step_async({"name": "dbos_llama.uuid4"}, make)
+
+
+async def sleep(seconds: float) -> None:
+    """Durable sleep: the wake-up time is recorded, so after a restart the step
+    sleeps only what remains (an hour's sleep that crashed after ten minutes
+    sleeps fifty more).
+
+    Example: ``await sleep(3600)``.
+    """
+    if not _in_durable_step_code():
+        await asyncio.sleep(seconds)
+        return
+    await DBOS.sleep_async(seconds)

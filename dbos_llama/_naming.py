@@ -1,0 +1,50 @@
+"""Stable names: DBOS workflow names, child workflow IDs and message topics.
+
+Everything recorded in the DBOS system database is found again by these names, so
+they must essentially never change: a change here orphans every run in flight.
+"""
+
+from __future__ import annotations
+
+from .errors import UnstableNameError
+
+#: Prefix of every DBOS workflow name registered by dbos_llama.
+NAME_PREFIX = "llama:"
+#: DBOS message topic carrying workflow ticks (events) into a run.
+TICK_TOPIC = "dbos_llama.tick"
+
+
+def derive_name(cls: type) -> str:
+    """The stable name of a workflow class: ``module.QualName``.
+
+    Raises `UnstableNameError` for classes defined inside a function, whose
+    qualified name does not identify them across processes.
+    """
+    qualname = cls.__qualname__
+    if "<locals>" in qualname:
+        raise UnstableNameError(
+            f"{cls.__module__}.{qualname} is defined inside a function, so no other "
+            "process can find it again after a crash. Define it at module level, or "
+            "give it a stable name: @durable(name='my-workflow')."
+        )
+    return f"{cls.__module__}.{qualname}"
+
+
+def run_workflow_name(name: str) -> str:
+    """DBOS workflow name of the run of workflow ``name``."""
+    return f"{NAME_PREFIX}{name}"
+
+
+def step_workflow_name(name: str, step: str) -> str:
+    """DBOS workflow name of one invocation of step ``step`` of workflow ``name``."""
+    return f"{NAME_PREFIX}{name}/{step}"
+
+
+def step_invocation_id(run_id: str, step: str, number: int) -> str:
+    """Deterministic DBOS workflow ID of the ``number``-th step invocation of a run."""
+    return f"{run_id}/{step}/{number}"
+
+
+def send_idempotency_key(invocation_id: str, number: int) -> str:
+    """Idempotency key of the ``number``-th event sent by one step invocation."""
+    return f"{invocation_id}/send/{number}"

@@ -1,0 +1,61 @@
+"""Process-wide registry of durable workflow classes by their stable names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import DuplicateNameError, WorkflowNotRegisteredError
+
+if TYPE_CHECKING:
+    from ._step_workflows import Binding
+
+#: Attribute of a durable class holding its `Binding` (set on that class only).
+BINDING_ATTR = "__dbos_llama_binding__"
+
+_by_name: dict[str, Binding] = {}
+# Every DBOS workflow name claimed, mapped to the workflow name that claimed it.
+_claimed: dict[str, str] = {}
+
+
+def binding_of(obj: Any) -> Binding:
+    """The binding of a durable class or of an instance of one."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    binding = cls.__dict__.get(BINDING_ATTR)
+    if binding is None:
+        raise WorkflowNotRegisteredError(
+            f"{cls.__module__}.{cls.__qualname__} is not a durable workflow class: "
+            "decorate it with @durable (or @durable(name=...)) where it is defined."
+        )
+    return binding
+
+
+def lookup(name: str) -> Binding | None:
+    """The binding registered under workflow name ``name``, if any."""
+    return _by_name.get(name)
+
+
+def claim(binding: Binding, dbos_names: list[str]) -> None:
+    """Reserve ``binding.name`` and its DBOS names, or raise `DuplicateNameError`."""
+    owner = _by_name.get(binding.name)
+    if owner is not None and owner is not binding:
+        raise DuplicateNameError(
+            f"The durable workflow name {binding.name!r} is already used by "
+            f"{owner.describe()}; {binding.describe()} cannot use it too. Give one "
+            "of them another name with @durable(name=...)."
+        )
+    for dbos_name in dbos_names:
+        holder = _claimed.get(dbos_name)
+        if holder is not None and holder != binding.name:
+            raise DuplicateNameError(
+                f"The DBOS workflow name {dbos_name!r} of {binding.describe()} is "
+                f"already registered by durable workflow {holder!r}. Rename one of "
+                "them with @durable(name=...)."
+            )
+    _by_name[binding.name] = binding
+    for dbos_name in dbos_names:
+        _claimed[dbos_name] = binding.name
+
+
+def registered_names() -> list[str]:
+    """Names of every durable workflow registered in this process."""
+    return sorted(_by_name)

@@ -1,0 +1,378 @@
+"""The DBOS runtime of llama-index workflows: the Runtime, its run adapters, per-run state."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+from collections.abc import AsyncGenerator, Coroutine
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dbos import DBOS
+from workflows.context.serializers import BaseSerializer
+from workflows.context.state_store import InMemoryStateStore, StateStore, infer_state_type
+from workflows.events import Event, StartEvent, StopEvent
+from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
+from workflows.runtime.types.plugin import (
+    ExternalRunAdapter,
+    InternalRunAdapter,
+    RegisteredWorkflow,
+    Runtime,
+    WaitForNextTaskResult,
+    WaitResult,
+    WaitResultTick,
+    WaitResultTimeout,
+    WeakIdentityKeyDictionary,
+)
+from workflows.runtime.types.step_function import (
+    StepWorkerFunction,
+    as_step_worker_functions,
+    create_workflow_run_function,
+)
+from workflows.runtime.types.ticks import TickAddEvent, WorkflowTick
+
+from . import _naming
+from ._registry import binding_of
+from ._serialization import ensure_serializable
+
+if TYPE_CHECKING:
+    from workflows.runtime.types.internal_state import BrokerState
+    from workflows.workflow import Workflow
+
+logger = logging.getLogger("dbos_llama")
+
+#: How long the run's mailbox receive waits before it is re-armed (ten years).
+RECV_FOREVER_SECONDS = 10 * 365 * 24 * 3600.0
+#: How often a process that did not start a run polls the database for its result.
+ATTACH_POLLING_INTERVAL_SEC = 0.1
+
+# The run whose code is executing (the run's DBOS workflow and its step invocations).
+_current_run_id: ContextVar[str | None] = ContextVar("dbos_llama_run_id", default=None)
+# The step invocation whose code is executing, if any.
+_current_invocation: ContextVar[Invocation | None] = ContextVar(
+    "dbos_llama_invocation", default=None
+)
+
+
+@dataclass
+class Invocation:
+    """One step invocation (a child DBOS workflow) while its code runs in this process."""
+
+    invocation_id: str
+    sends: int = 0
+
+    def next_send_key(self) -> str:
+        key = _naming.send_idempotency_key(self.invocation_id, self.sends)
+        self.sends += 1
+        return key
+
+
+@dataclass
+class _Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event]
+
+
+@dataclass
+class RunState:
+    """What this process holds for one run: local stream, result, counters."""
+
+    run_id: str
+    init_state: BrokerState | None = None
+    state_store: StateStore[Any] | None = None
+    invocations: int = 0
+    inflight: set[str] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+    subscribers: list[_Subscriber] = field(default_factory=list)
+    executing: bool = False
+    result: concurrent.futures.Future[StopEvent] = field(default_factory=concurrent.futures.Future)
+    start_task: asyncio.Task[Any] | None = None
+
+    def next_invocation_id(self, step_name: str) -> str:
+        number = self.invocations
+        self.invocations += 1
+        return _naming.step_invocation_id(self.run_id, step_name, number)
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for sub in list(self.subscribers):
+            if sub.loop is running:
+                sub.queue.put_nowait(event)
+            elif not sub.loop.is_closed():
+                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, event)
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        for event in self.events:
+            queue.put_nowait(event)
+        self.subscribers.append(_Subscriber(asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        self.subscribers = [s for s in self.subscribers if s.queue is not queue]
+
+
+_runs: dict[str, RunState] = {}
+
+
+def run_state(run_id: str) -> RunState:
+    """This process's state of ``run_id``, created on first use."""
+    state = _runs.get(run_id)
+    if state is None:
+        state = _runs[run_id] = RunState(run_id)
+    return state
+
+
+def forget_run(run_id: str) -> None:
+    """Drop a finished run from the process-wide table (adapters keep their own ref)."""
+    _runs.pop(run_id, None)
+
+
+def current_run_id() -> str | None:
+    """The ID of the durable run whose code is executing, or None outside one."""
+    return _current_run_id.get()
+
+
+def _task_order(named: NamedTask) -> tuple[int, str]:
+    # Workers before the mailbox pull (upstream's priority), each in a stable order.
+    return (1, named.key) if isinstance(named, PullTask) else (0, named.key)
+
+
+class DBOSInternalAdapter(InternalRunAdapter):
+    """The control loop's and the steps' side of a durable run.
+
+    Events sent by steps travel as DBOS messages to the run; the mailbox is a DBOS
+    ``recv``; which of several concurrent tasks finished first is checkpointed with
+    ``DBOS.asyncio_wait``, so a replay after a crash makes the same decisions.
+    """
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    async def write_to_event_stream(self, event: Event) -> None:
+        self._run.publish(event)
+
+    async def get_now(self) -> float:
+        return time.time()
+
+    # Deliberately not ``async``: the synchronous part runs at the call site, in the
+    # order the step's code makes its calls, so every send gets a deterministic
+    # idempotency key; the returned coroutine does the I/O later.
+    def send_event(self, tick: WorkflowTick) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        if isinstance(tick, TickAddEvent):
+            ensure_serializable(
+                tick.event, f"Event {type(tick.event).__name__} sent with ctx.send_event"
+            )
+        invocation = _current_invocation.get()
+        key = invocation.next_send_key() if invocation is not None else None
+        return _send_outside_workflow(self._run.run_id, tick, key)
+
+    async def wait_receive(self, timeout_seconds: float | None = None) -> WaitResult:
+        message = await DBOS.recv_async(
+            _naming.TICK_TOPIC,
+            timeout_seconds=RECV_FOREVER_SECONDS if timeout_seconds is None else timeout_seconds,
+        )
+        if message is None:
+            return WaitResultTimeout()
+        return WaitResultTick(tick=message)
+
+    def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
+        if namespace:
+            return None
+        return self._run.state_store
+
+    async def wait_for_next_task(
+        self,
+        running: list[NamedTask],
+        pending: list[PendingStart],
+        timeout: float | None = None,
+    ) -> WaitForNextTaskResult:
+        # Start in the given (deterministic) order: each task takes its DBOS function
+        # IDs synchronously when it first runs, and first runs happen in FIFO order.
+        started = [p.start(asyncio.create_task(p.coro)) for p in pending]
+        named = sorted([*running, *started], key=_task_order)
+        tasks = [n.task for n in named]
+        if not tasks:
+            return WaitForNextTaskResult(None, started)
+        if len(tasks) == 1:
+            # Nothing to choose between: no checkpoint needed.
+            done, _ = await asyncio.wait(tasks, timeout=timeout)
+        else:
+            done, _ = await DBOS.asyncio_wait(
+                tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        completed = next((n.task for n in named if n.task in done), None)
+        return WaitForNextTaskResult(completed, started)
+
+
+async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
+    # An executor thread carries no DBOS context: the send takes no function ID of
+    # the calling workflow, and the idempotency key makes a replayed send a no-op.
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(
+        None,
+        functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key),
+    )
+
+
+class DBOSExternalAdapter(ExternalRunAdapter):
+    """The caller's side of a durable run: send events, stream, await the result."""
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    async def send_event(self, tick: WorkflowTick) -> None:
+        if isinstance(tick, TickAddEvent):
+            ensure_serializable(
+                tick.event, f"Event {type(tick.event).__name__} sent to run {self.run_id}"
+            )
+        await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
+
+    async def stream_published_events(self) -> AsyncGenerator[Event, None]:
+        queue = self._run.subscribe()
+        result = asyncio.ensure_future(self.get_result())
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event = getter.result()
+                    yield event
+                    if isinstance(event, StopEvent):
+                        return
+                    continue
+                getter.cancel()
+                # The run ended without this process seeing its stream (it ran
+                # elsewhere, or already finished): end the stream with its result.
+                while not queue.empty():
+                    event = queue.get_nowait()
+                    yield event
+                    if isinstance(event, StopEvent):
+                        return
+                yield result.result()
+                return
+        finally:
+            self._run.unsubscribe(queue)
+            if not result.done():
+                result.cancel()
+
+    async def get_result(self) -> StopEvent:
+        run = self._run
+        if run.start_task is not None:
+            handle = await asyncio.shield(run.start_task)
+        else:
+            handle = await DBOS.retrieve_workflow_async(run.run_id)
+        if run.executing or run.result.done():
+            return await asyncio.wrap_future(run.result)
+        return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+
+    def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
+        if namespace:
+            return None
+        return self._run.state_store
+
+
+class DBOSRuntime(Runtime):
+    """Runs workflows of `@durable` classes as DBOS workflows.
+
+    You rarely build one: instances of a `@durable` class use `dbos_runtime` by
+    default. Each run is one DBOS workflow whose ID is the run ID, and each step
+    invocation is one child DBOS workflow of the step's registered name.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._registered: WeakIdentityKeyDictionary[Workflow, RegisteredWorkflow] = (
+            WeakIdentityKeyDictionary()
+        )
+        self._inner_steps: WeakIdentityKeyDictionary[Workflow, dict[str, StepWorkerFunction]] = (
+            WeakIdentityKeyDictionary()
+        )
+
+    @property
+    def is_launched(self) -> bool:
+        return True
+
+    def register(self, workflow: Workflow) -> RegisteredWorkflow:
+        registered = self._registered.get(workflow)
+        if registered is not None:
+            return registered
+        binding = binding_of(workflow)
+        inner = as_step_worker_functions(workflow)
+        self._inner_steps[workflow] = inner
+        registered = RegisteredWorkflow(
+            workflow=workflow,
+            workflow_run_fn=create_workflow_run_function(workflow),
+            steps={name: binding.step_caller(name) for name in inner},
+        )
+        self._registered[workflow] = registered
+        return registered
+
+    def get_registered(self, workflow: Workflow) -> RegisteredWorkflow | None:
+        return self._registered.get(workflow)
+
+    def inner_step(self, workflow: Workflow, step_name: str) -> StepWorkerFunction:
+        """The plain (in-process) step worker that a step invocation executes."""
+        self.get_or_register(workflow)
+        inner = self._inner_steps.get(workflow)
+        assert inner is not None
+        return inner[step_name]
+
+    def run_workflow(
+        self,
+        run_id: str,
+        workflow: Workflow,
+        init_state: BrokerState,
+        start_event: StartEvent | None = None,
+        serialized_state: dict[str, Any] | None = None,
+        serializer: BaseSerializer | None = None,
+    ) -> ExternalRunAdapter:
+        binding = binding_of(workflow)
+        existing = _runs.get(run_id)
+        if existing is not None and existing.start_task is not None:
+            # Same run ID again in this process: attach, never a second execution.
+            return DBOSExternalAdapter(existing)
+        if start_event is None:
+            raise binding.error_no_start_event()
+        ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
+        run = run_state(run_id)
+        run.init_state = init_state
+        run.start_task = asyncio.get_running_loop().create_task(
+            binding.start_run(run_id, start_event)
+        )
+        return DBOSExternalAdapter(run)
+
+    def get_internal_adapter(self, workflow: Workflow) -> InternalRunAdapter:
+        run_id = _current_run_id.get()
+        if run_id is None:
+            raise RuntimeError(
+                "No durable run is executing here: the internal adapter of "
+                f"{type(workflow).__name__} is only available inside a run."
+            )
+        run = run_state(run_id)
+        if run.state_store is None:
+            run.state_store = InMemoryStateStore(infer_state_type(workflow)())
+        return DBOSInternalAdapter(run)
+
+    def get_external_adapter(self, run_id: str) -> ExternalRunAdapter:
+        return DBOSExternalAdapter(run_state(run_id))
+
+
+#: The runtime every `@durable` class uses unless given ``runtime=``.
+dbos_runtime = DBOSRuntime()

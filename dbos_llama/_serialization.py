@@ -1,0 +1,74 @@
+"""What may cross the DBOS boundary: serializability checks and storable errors."""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import NotSerializableError, StepFailedError
+
+
+def _fields(value: Any) -> Iterator[tuple[str, Any]]:
+    """Named parts of an event or model, to point at the one that fails."""
+    data = getattr(value, "__dict__", None)
+    if isinstance(data, dict):
+        yield from data.items()
+    private = getattr(value, "__pydantic_private__", None) or {}
+    for key, item in private.items():
+        if key == "_data" and isinstance(item, dict):
+            yield from item.items()
+        else:
+            yield key, item
+
+
+def _dumps_ok(value: Any) -> bool:
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return False
+    return True
+
+
+def _culprit(value: Any, path: str, depth: int = 0) -> str:
+    """Dotted path and type of the innermost part of ``value`` that fails to serialize."""
+    if depth < 4:
+        for name, item in _fields(value):
+            if not _dumps_ok(item):
+                return _culprit(item, f"{path}.{name}", depth + 1)
+        if isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                if not _dumps_ok(item):
+                    return _culprit(item, f"{path}[{index}]", depth + 1)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _dumps_ok(item):
+                    return _culprit(item, f"{path}[{key!r}]", depth + 1)
+    return f"{path} (type {type(value).__module__}.{type(value).__qualname__})"
+
+
+def ensure_serializable(value: Any, what: str) -> None:
+    """Raise `NotSerializableError` naming the field of ``value`` that DBOS cannot store.
+
+    ``what`` says where the value comes from, e.g. ``"the start event of Orders"``.
+    The check round-trips the value, so a value that pickles but cannot be loaded
+    again (an exception with a custom ``__init__``) is caught here too.
+    """
+    if _dumps_ok(value):
+        return
+    culprit = _culprit(value, type(value).__name__)
+    raise NotSerializableError(
+        f"{what} cannot be stored durably: {culprit} cannot be serialized (pickled "
+        "and loaded again). Keep events and results to plain data (str, numbers, "
+        "lists, dicts, pydantic models defined at module level), and keep clients, "
+        "locks and connections in resources or module globals instead."
+    )
+
+
+def storable_exception(exc: BaseException) -> BaseException:
+    """``exc`` itself when it survives a round trip, else a `StepFailedError` record of it."""
+    if _dumps_ok(exc):
+        return exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return StepFailedError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)

@@ -1,0 +1,316 @@
+"""The DBOS workflows behind a durable class: one for the run, one per step, and their bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dbos import DBOS, SetWorkflowID
+from workflows.errors import WorkflowRuntimeError
+from workflows.events import Event, StartEvent, StopEvent
+from workflows.runtime.types.internal_state import BrokerState
+from workflows.runtime.types.results import (
+    RetryAttempt,
+    StepWorkerFailed,
+    StepWorkerOutput,
+    StepWorkerState,
+)
+
+from . import _naming, _registry
+from ._runtime import (
+    Invocation,
+    _current_invocation,
+    _current_run_id,
+    dbos_runtime,
+    forget_run,
+    run_state,
+)
+from ._serialization import ensure_serializable, storable_exception
+from ._upstream import class_step_names, step_source
+from .errors import NotSerializableError, RunConflictError, VersionMismatchError
+
+if TYPE_CHECKING:
+    from workflows.workflow import Workflow
+
+logger = logging.getLogger("dbos_llama")
+
+#: Seconds between two looks for a missing workflow instance during recovery.
+INSTANCE_POLL_SECONDS = 0.05
+#: Seconds between two reminders that a recovered run waits for its instance.
+INSTANCE_REMINDER_SECONDS = 30.0
+
+
+def code_version(cls: type[Workflow]) -> str:
+    """A short hash of the source of every step of ``cls`` (its default version)."""
+    digest = hashlib.sha256()
+    for name in class_step_names(cls):
+        digest.update(name.encode())
+        digest.update(step_source(cls, name).encode())
+    return digest.hexdigest()[:16]
+
+
+def _needs_no_arguments(cls: type) -> bool:
+    try:
+        inspect.signature(cls).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class Binding:
+    """Everything dbos_llama registered for one durable workflow class."""
+
+    def __init__(self, cls: type[Workflow], name: str, version: str | None) -> None:
+        self.cls = cls
+        self.name = name
+        self.explicit_version = version
+        self.version = version if version is not None else code_version(cls)
+        self.run_function: Callable[..., Any] | None = None
+        self.step_functions: dict[str, Callable[..., Any]] = {}
+        self._callers: dict[str, Callable[..., Any]] = {}
+        self.instance: Workflow | None = None
+
+    def describe(self) -> str:
+        return f"class {self.cls.__module__}.{self.cls.__qualname__}"
+
+    # -- registration (class-definition time) ------------------------------------
+    def register(self) -> None:
+        """Claim the names and register the run's and each step's DBOS workflow."""
+        steps = class_step_names(self.cls)
+        names = [_naming.run_workflow_name(self.name)]
+        names += [_naming.step_workflow_name(self.name, s) for s in steps]
+        _registry.claim(self, names)
+        self.run_function = DBOS.workflow(name=names[0])(self._make_run_body())
+        for step in steps:
+            self._register_step(step)
+        setattr(self.cls, _registry.BINDING_ATTR, self)
+
+    def _register_step(self, step: str) -> Callable[..., Any]:
+        fn = self.step_functions.get(step)
+        if fn is None:
+            dbos_name = _naming.step_workflow_name(self.name, step)
+            _registry.claim(self, [dbos_name])
+            fn = DBOS.workflow(name=dbos_name)(self._make_step_body())
+            self.step_functions[step] = fn
+        return fn
+
+    # -- instances -----------------------------------------------------------------
+    def adopt(self, workflow: Workflow) -> None:
+        """Remember the application's newest instance: recovered runs execute on it."""
+        self.instance = workflow
+
+    async def instance_for(self, run_id: str) -> Workflow:
+        """The instance a (possibly recovered) run executes on; waits if none exists."""
+        if self.instance is None and _needs_no_arguments(self.cls):
+            self.cls()  # adopts itself in __init__
+        waited = 0.0
+        while self.instance is None:
+            if waited % INSTANCE_REMINDER_SECONDS < INSTANCE_POLL_SECONDS:
+                logger.warning(
+                    "Run %r of durable workflow %r is waiting: create an instance of %s "
+                    "(its constructor needs arguments) in this process to resume it. "
+                    "The run stays PENDING until then.",
+                    run_id,
+                    self.name,
+                    self.describe(),
+                )
+            await asyncio.sleep(INSTANCE_POLL_SECONDS)
+            waited += INSTANCE_POLL_SECONDS
+        return self.instance
+
+    # -- starting a run -------------------------------------------------------------
+    async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
+        """Start (or find) the run's DBOS workflow; returns its DBOS handle."""
+        assert self.run_function is not None
+        status = await DBOS.get_workflow_status_async(run_id)
+        if status is not None:
+            # The run exists (here or in another process): attach, never re-run it.
+            expected = _naming.run_workflow_name(self.name)
+            if status.name != expected:
+                raise RunConflictError(
+                    f"Run ID {run_id!r} already belongs to DBOS workflow "
+                    f"{status.name!r}, not to {expected!r}. Use another run_id."
+                )
+            return await DBOS.retrieve_workflow_async(run_id)
+        with SetWorkflowID(run_id):
+            return await DBOS.start_workflow_async(self.run_function, start_event, self.version)
+
+    def error_no_start_event(self) -> Exception:
+        return WorkflowRuntimeError(
+            f"A durable run of {self.name!r} needs a start event: durable runs cannot "
+            "continue from a Context snapshot. Start it with run(run_id=..., **fields)."
+        )
+
+    # -- the run ------------------------------------------------------------------------
+    def _make_run_body(self) -> Callable[..., Any]:
+        binding = self
+
+        async def run_body(start_event: StartEvent, version: str) -> StopEvent:
+            run_id = DBOS.workflow_id
+            assert run_id is not None
+            if version != binding.version:
+                error = VersionMismatchError(
+                    f"Run {run_id!r} of {binding.name!r} was recorded by code version "
+                    f"{version!r}, but this process has version {binding.version!r}. "
+                    "It is not replayed against different code: finish it with a worker "
+                    "running the old code, or start a new run."
+                )
+                logger.error("%s The run stays PENDING.", error)
+                await asyncio.Event().wait()  # never replays; stays PENDING
+            workflow = await binding.instance_for(run_id)
+            run = run_state(run_id)
+            run.executing = True
+            token = _current_run_id.set(run_id)
+            try:
+                registered = dbos_runtime.get_or_register(workflow)
+                result = await registered.workflow_run_fn(
+                    BrokerState.from_workflow(workflow), start_event, None
+                )
+            except BaseException as error:
+                if not run.result.done():
+                    run.result.set_exception(error)
+                raise
+            else:
+                if not run.result.done():
+                    run.result.set_result(result)
+                return result
+            finally:
+                _current_run_id.reset(token)
+                run.executing = False
+                leftovers = sorted(run.inflight)
+                forget_run(run_id)
+                if leftovers:
+                    await _cancel_outside_workflow(leftovers)
+
+        run_body.__qualname__ = f"run[{self.name}]"
+        return run_body
+
+    # -- one step invocation --------------------------------------------------------------
+    def _make_step_body(self) -> Callable[..., Any]:
+        binding = self
+
+        async def step_body(
+            run_id: str,
+            step_name: str,
+            event: Event,
+            state: StepWorkerState,
+            bound_events: dict[str, Event] | None,
+            retry: RetryAttempt,
+        ) -> list[StepWorkerOutput]:
+            invocation_id = DBOS.workflow_id
+            assert invocation_id is not None
+            workflow = await binding.instance_for(run_id)
+            run_token = _current_run_id.set(run_id)
+            inv_token = _current_invocation.set(Invocation(invocation_id))
+            try:
+                inner = dbos_runtime.inner_step(workflow, step_name)
+                outputs = await inner(
+                    state=state,
+                    step_name=step_name,
+                    event=event,
+                    workflow=workflow,
+                    bound_events=bound_events,
+                    retry=retry,
+                )
+            finally:
+                _current_invocation.reset(inv_token)
+                _current_run_id.reset(run_token)
+            return _storable_outputs(step_name, outputs)
+
+        step_body.__qualname__ = f"step[{self.name}]"
+        return step_body
+
+    def step_caller(self, step: str) -> Callable[..., Any]:
+        """The `StepWorkerFunction` the control loop calls: runs the step's DBOS workflow."""
+        caller = self._callers.get(step)
+        if caller is not None:
+            return caller
+        step_function = self._register_step(step)
+
+        # Keyword names must match upstream's StepWorkerFunction exactly.
+        async def call_step(
+            state: StepWorkerState,
+            step_name: str,
+            event: Event,
+            workflow: Workflow,
+            bound_events: dict[str, Event] | None = None,
+            retry: RetryAttempt = RetryAttempt(),
+        ) -> list[StepWorkerOutput]:
+            # Everything up to the child call is synchronous: the child's DBOS
+            # function IDs are taken in the deterministic order tasks first run.
+            run_id = _current_run_id.get()
+            assert run_id is not None, "a step ran outside its durable run"
+            run = run_state(run_id)
+            invocation_id = run.next_invocation_id(step_name)
+            retry = _storable_retry(retry)
+            run.inflight.add(invocation_id)
+            with SetWorkflowID(invocation_id):
+                try:
+                    outputs = await step_function(
+                        run_id, step_name, event, state, bound_events, retry
+                    )
+                except asyncio.CancelledError:
+                    raise  # stays in-flight: the run cancels it in DBOS when it ends
+                except BaseException:
+                    run.inflight.discard(invocation_id)
+                    raise
+            run.inflight.discard(invocation_id)
+            return outputs
+
+        self._callers[step] = call_step
+        return call_step
+
+
+def _storable_retry(retry: RetryAttempt) -> RetryAttempt:
+    if retry.last_exception is None:
+        return retry
+    exc = storable_exception(retry.last_exception)
+    if exc is retry.last_exception:
+        return retry
+    assert isinstance(exc, Exception)
+    return dataclasses.replace(retry, last_exception=exc)
+
+
+def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[StepWorkerOutput]:
+    """The step's outputs, made safe to record: failures as storable exceptions, and
+    a result DBOS cannot serialize turned into a clear failure of the step."""
+    safe: list[StepWorkerOutput] = []
+    for output in outputs:
+        if isinstance(output, StepWorkerFailed):
+            exc = storable_exception(output.exception)
+            if exc is not output.exception:
+                output = output.model_copy(update={"exception": exc})
+        safe.append(output)
+    try:
+        ensure_serializable(safe, f"The output of step {step_name!r}")
+    except NotSerializableError as whole:
+        failure = whole
+        # Prefer the precise culprit: the event the step returned.
+        for output in outputs:
+            result = getattr(output, "result", None)
+            if result is None:
+                continue
+            try:
+                ensure_serializable(
+                    result, f"Step {step_name!r} returned {type(result).__name__}, which"
+                )
+            except NotSerializableError as precise:
+                failure = precise
+                break
+        failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
+        return [StepWorkerFailed(exception=failure, failed_at=failed_at)]
+    return safe
+
+
+async def _cancel_outside_workflow(invocation_ids: list[str]) -> None:
+    # Step invocations the control loop abandoned (e.g. siblings of the step that
+    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them.
+    # Run in an executor thread so these calls take no function ID of the run.
+    loop = asyncio.get_running_loop()
+    for invocation_id in invocation_ids:
+        await loop.run_in_executor(None, DBOS.cancel_workflow, invocation_id)

@@ -1,0 +1,39 @@
+"""The few private names of llama-index-workflows that dbos_llama relies on, in one place.
+
+`tests/test_upstream_seams.py` fails loudly when an upstream release changes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from workflows.runtime.types.step_function import StepWorkerFunction
+from workflows.workflow import Workflow
+
+#: Keyword names the control loop passes to a step worker (``runner.py`` calls it
+#: with keywords, so a wrapper must keep them exactly).
+STEP_WORKER_PARAMETERS = ("state", "step_name", "event", "workflow", "bound_events", "retry")
+
+
+def class_step_names(cls: type[Workflow]) -> list[str]:
+    """Names of the steps a workflow class declares (methods and free functions)."""
+    # No public class-level accessor exists; `Workflow._get_steps_from_class` is it.
+    return sorted(cls._get_steps_from_class())
+
+
+def step_source(cls: type[Workflow], step_name: str) -> str:
+    """Source text of one step function, for the class's code version."""
+    func: Any = cls._get_steps_from_class()[step_name]
+    func = getattr(func, "__func__", func)
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        code = getattr(func, "__code__", None)
+        return repr(code.co_code) if code is not None else step_name
+
+
+def upstream_step_worker_parameters() -> tuple[str, ...]:
+    """The parameter names upstream's `StepWorkerFunction` protocol declares today."""
+    params = inspect.signature(StepWorkerFunction.__call__).parameters
+    return tuple(name for name in params if name != "self")

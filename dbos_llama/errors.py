@@ -1,0 +1,69 @@
+"""Exception classes raised by dbos_llama, each saying what to do next."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DurableError",
+    "DurableDefinitionError",
+    "UnstableNameError",
+    "DuplicateNameError",
+    "NotAWorkflowError",
+    "NotSerializableError",
+    "WorkflowNotRegisteredError",
+    "VersionMismatchError",
+    "StepFailedError",
+    "RunConflictError",
+]
+
+
+class DurableError(Exception):
+    """Base class of every error raised by dbos_llama."""
+
+
+class DurableDefinitionError(DurableError, TypeError):
+    """A class or function cannot be made durable as written."""
+
+
+class UnstableNameError(DurableDefinitionError):
+    """The class has no name that is the same in every process (e.g. a local class)."""
+
+
+class DuplicateNameError(DurableDefinitionError):
+    """Two durable classes (or a class and a step) claim the same DBOS name."""
+
+
+class NotAWorkflowError(DurableDefinitionError):
+    """`@durable` was applied to something that is not a `Workflow` subclass."""
+
+
+class NotSerializableError(DurableError, TypeError):
+    """A value that must be stored in the DBOS system database cannot be serialized."""
+
+
+class WorkflowNotRegisteredError(DurableError, LookupError):
+    """A recorded run names a durable workflow that this process has not registered."""
+
+
+class VersionMismatchError(DurableError):
+    """A run was recorded by a different version of the workflow's code."""
+
+
+class RunConflictError(DurableError):
+    """A run ID is already used by a run of another workflow."""
+
+
+class StepFailedError(DurableError):
+    """A step raised an exception that cannot be stored as it is.
+
+    It carries the original exception's type name, message and traceback text, so a
+    run that failed can be inspected from any process after a restart.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self) -> tuple[object, tuple[str, str, str]]:
+        return (type(self), (self.type_name, self.message, self.traceback_text))

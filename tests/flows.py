@@ -1,0 +1,128 @@
+"""Ordinary workflows a user would write, instrumented for crash tests.
+
+Each side effect appends a line to the file named by DBOS_LLAMA_TEST_LOG; a crash
+point ``maybe_crash(label)`` kills the process with ``os._exit`` when
+DBOS_LLAMA_CRASH_AT equals ``label``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dbos import DBOS
+from workflows import Context, Workflow, step
+from workflows.events import Event, StartEvent, StopEvent
+
+from dbos_llama import durable, durable_step
+
+
+def mark(line: str) -> None:
+    path = os.environ.get("DBOS_LLAMA_TEST_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+def maybe_crash(label: str) -> None:
+    if os.environ.get("DBOS_LLAMA_CRASH_AT") == label:
+        mark(f"crash:{label}")
+        os._exit(137)
+
+
+def step_started() -> None:
+    """Record that a step body started, under its invocation's DBOS workflow ID."""
+    mark(f"step:{DBOS.workflow_id}")
+
+
+@durable_step
+async def effect(tag: str) -> str:
+    mark(f"effect:{tag}")
+    maybe_crash(f"effect:{tag}")
+    return f"<{tag}>"
+
+
+class OneDone(Event):
+    acc: str
+
+
+class TwoDone(Event):
+    acc: str
+
+
+@durable
+class Chain3(Workflow):
+    """Three steps in a row; step two makes two external calls."""
+
+    @step
+    async def one(self, ev: StartEvent) -> OneDone:
+        step_started()
+        maybe_crash("one:start")
+        first = await effect(f"one:{ev.x}")
+        return OneDone(acc=first)
+
+    @step
+    async def two(self, ev: OneDone) -> TwoDone:
+        step_started()
+        maybe_crash("two:start")
+        a = await effect("two-a")
+        maybe_crash("two:between")
+        b = await effect("two-b")
+        maybe_crash("two:end")
+        return TwoDone(acc=ev.acc + a + b)
+
+    @step
+    async def three(self, ev: TwoDone) -> StopEvent:
+        step_started()
+        maybe_crash("three:start")
+        c = await effect("three")
+        maybe_crash("three:end")
+        return StopEvent(result=ev.acc + c)
+
+
+class Item(Event):
+    i: int
+    n: int
+
+
+class ItemDone(Event):
+    i: int
+    n: int
+    value: int
+
+
+@durable_step
+async def square(i: int) -> int:
+    mark(f"square:{i}")
+    return i * i
+
+
+@durable
+class FanOut(Workflow):
+    """One step sends N items; four workers square them; a collector sums them."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        step_started()
+        for i in range(ev.n):
+            ctx.send_event(Item(i=i, n=ev.n))
+        maybe_crash("fan:sent")
+        return None
+
+    @step(num_workers=4)
+    async def work(self, ev: Item) -> ItemDone:
+        step_started()
+        maybe_crash(f"work:{ev.i}")
+        value = await square(ev.i)
+        return ItemDone(i=ev.i, n=ev.n, value=value)
+
+    @step
+    async def collect(self, ctx: Context, ev: ItemDone) -> StopEvent | None:
+        step_started()
+        done = ctx.collect_events(ev, [ItemDone] * ev.n)
+        if done is None:
+            return None
+        maybe_crash("collect:all")
+        return StopEvent(result=sum(e.value for e in done))
+
+
+FLOWS = {"chain3": Chain3, "fanout": FanOut}
