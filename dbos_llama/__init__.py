@@ -17,6 +17,7 @@ Example:
 
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
+from ._registry import install_recovery_hint as _install_recovery_hint
 from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
 from .errors import (
     DuplicateNameError,
@@ -30,6 +31,8 @@ from .errors import (
     VersionMismatchError,
     WorkflowNotRegisteredError,
 )
+
+_install_recovery_hint()
 
 __version__ = "0.1.0"
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import TYPE_CHECKING, Any
 
+from ._naming import NAME_PREFIX
 from .errors import DuplicateNameError, WorkflowNotRegisteredError
 
 if TYPE_CHECKING:
@@ -59,3 +62,36 @@ def claim(binding: Binding, dbos_names: list[str]) -> None:
 def registered_names() -> list[str]:
     """Names of every durable workflow registered in this process."""
     return sorted(_by_name)
+
+
+_UNREGISTERED = re.compile(r"(" + re.escape(NAME_PREFIX) + r"\S+) is not a registered workflow")
+
+
+class _UnregisteredWorkflowHint(logging.Filter):
+    """Adds what to do to DBOS's log line about a run whose workflow is not registered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "dbos_llama_hint", False):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        match = _UNREGISTERED.search(record.getMessage()) or (
+            _UNREGISTERED.search(str(exc)) if exc is not None else None
+        )
+        if match is not None:
+            name = match.group(1)[len(NAME_PREFIX) :].split("/")[0]
+            record.msg = (
+                f"{record.getMessage()} dbos_llama: durable workflow {name!r} is not "
+                "registered in this process. Import the module that defines its @durable "
+                "class (with the same name=) before DBOS.launch(); the run stays PENDING "
+                "until a process that registers it is launched."
+            )
+            record.args = ()
+            record.dbos_llama_hint = True
+        return True
+
+
+def install_recovery_hint() -> None:
+    """Attach the hint to DBOS's logger (idempotent)."""
+    dbos_logger = logging.getLogger("dbos")
+    if not any(isinstance(f, _UnregisteredWorkflowHint) for f in dbos_logger.filters):
+        dbos_logger.addFilter(_UnregisteredWorkflowHint())

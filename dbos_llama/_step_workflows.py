@@ -123,6 +123,20 @@ class Binding:
             waited += INSTANCE_POLL_SECONDS
         return self.instance
 
+    async def hold_if_other_version(self, workflow_id: str, version: str) -> None:
+        """Never replay a run (or step invocation) recorded by other code: log and
+        leave it PENDING, for a worker with that code version to finish."""
+        if version == self.version:
+            return
+        error = VersionMismatchError(
+            f"{workflow_id!r} of durable workflow {self.name!r} was recorded by code "
+            f"version {version!r}, but this process runs version {self.version!r}. It is "
+            "not replayed against different code: finish it with a worker running the "
+            "old code (or pin @durable(version=...) if the change is compatible)."
+        )
+        logger.error("%s It stays PENDING.", error)
+        await asyncio.Event().wait()
+
     # -- starting a run -------------------------------------------------------------
     async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
         """Start (or find) the run's DBOS workflow; returns its DBOS handle."""
@@ -153,15 +167,7 @@ class Binding:
         async def run_body(start_event: StartEvent, version: str) -> StopEvent:
             run_id = DBOS.workflow_id
             assert run_id is not None
-            if version != binding.version:
-                error = VersionMismatchError(
-                    f"Run {run_id!r} of {binding.name!r} was recorded by code version "
-                    f"{version!r}, but this process has version {binding.version!r}. "
-                    "It is not replayed against different code: finish it with a worker "
-                    "running the old code, or start a new run."
-                )
-                logger.error("%s The run stays PENDING.", error)
-                await asyncio.Event().wait()  # never replays; stays PENDING
+            await binding.hold_if_other_version(run_id, version)
             workflow = await binding.instance_for(run_id)
             run = run_state(run_id)
             run.executing = True
@@ -201,9 +207,11 @@ class Binding:
             state: StepWorkerState,
             bound_events: dict[str, Event] | None,
             retry: RetryAttempt,
+            version: str,
         ) -> list[StepWorkerOutput]:
             invocation_id = DBOS.workflow_id
             assert invocation_id is not None
+            await binding.hold_if_other_version(invocation_id, version)
             workflow = await binding.instance_for(run_id)
             run_token = _current_run_id.set(run_id)
             inv_token = _current_invocation.set(Invocation(invocation_id))
@@ -252,7 +260,7 @@ class Binding:
             with SetWorkflowID(invocation_id):
                 try:
                     outputs = await step_function(
-                        run_id, step_name, event, state, bound_events, retry
+                        run_id, step_name, event, state, bound_events, retry, self.version
                     )
                 except asyncio.CancelledError:
                     raise  # stays in-flight: the run cancels it in DBOS when it ends
@@ -290,8 +298,14 @@ def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[S
         ensure_serializable(safe, f"The output of step {step_name!r}")
     except NotSerializableError as whole:
         failure = whole
-        # Prefer the precise culprit: the event the step returned.
-        for output in outputs:
+        # Prefer the precise culprit: the step's own serialization error (e.g. from
+        # ctx.send_event), else the event the step returned.
+        raised = [
+            o.exception
+            for o in safe
+            if isinstance(o, StepWorkerFailed) and isinstance(o.exception, NotSerializableError)
+        ]
+        for output in [] if raised else outputs:
             result = getattr(output, "result", None)
             if result is None:
                 continue
@@ -303,7 +317,7 @@ def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[S
                 failure = precise
                 break
         failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
-        return [StepWorkerFailed(exception=failure, failed_at=failed_at)]
+        return [StepWorkerFailed(exception=raised[0] if raised else failure, failed_at=failed_at)]
     return safe
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+import threading
 
 from dbos import DBOS
 
@@ -17,15 +19,24 @@ from tests.flows import FLOWS
 
 async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
     wf = FLOWS[flow](timeout=None)
-    DBOS(
-        config={
-            "name": "dbos-llama-tests",
-            "system_database_url": db_url,
-            "notification_listener_polling_interval_sec": 0.05,
-        }
-    )
+    config = {
+        "name": "dbos-llama-tests",
+        "system_database_url": db_url,
+        "notification_listener_polling_interval_sec": 0.05,
+    }
+    if os.environ.get("DBOS_LLAMA_APP_VERSION"):
+        config["application_version"] = os.environ["DBOS_LLAMA_APP_VERSION"]
+    DBOS(config=config)
     DBOS.launch()
+    if os.environ.get("DBOS_LLAMA_CRASH_AFTER"):
+        # A kill at a moment chosen by time, not by code position.
+        delay = float(os.environ["DBOS_LLAMA_CRASH_AFTER"])
+        threading.Timer(delay, lambda: os._exit(137)).start()
     try:
+        if os.environ.get("DBOS_LLAMA_LAUNCH_ONLY"):
+            # Only launch (recovery runs in the background), wait, and exit.
+            await asyncio.sleep(float(os.environ["DBOS_LLAMA_LAUNCH_ONLY"]))
+            return
         result = await wf.run(run_id=run_id, **kwargs)
         print("RESULT " + json.dumps(result), flush=True)
     finally:

@@ -8,12 +8,13 @@ DBOS_LLAMA_CRASH_AT equals ``label``.
 from __future__ import annotations
 
 import os
+import time
 
 from dbos import DBOS
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
-from dbos_llama import durable, durable_step
+from dbos_llama import durable, durable_step, now, sleep
 
 
 def mark(line: str) -> None:
@@ -125,4 +126,36 @@ class FanOut(Workflow):
         return StopEvent(result=sum(e.value for e in done))
 
 
-FLOWS = {"chain3": Chain3, "fanout": FanOut}
+@durable
+class Sleeper(Workflow):
+    """One step that sleeps durably."""
+
+    @step
+    async def nap(self, ev: StartEvent) -> StopEvent:
+        started = await now()
+        mark(f"resume:{time.time()}")
+        await sleep(ev.seconds)
+        return StopEvent(result={"started": started, "finished": time.time()})
+
+
+class _Versioned(Workflow):
+    @step
+    async def first(self, ev: StartEvent) -> OneDone:
+        step_started()
+        return OneDone(acc=await effect("v-first"))
+
+    @step
+    async def second(self, ev: OneDone) -> StopEvent:
+        step_started()
+        maybe_crash("versioned:second")
+        return StopEvent(result=ev.acc + await effect("v-second"))
+
+
+# The code version a process runs is chosen by the test through the environment.
+Versioned = durable(
+    _Versioned,
+    name="tests.versioned",
+    version=os.environ.get("DBOS_LLAMA_FLOW_VERSION", "v1"),
+)
+
+FLOWS = {"chain3": Chain3, "fanout": FanOut, "sleeper": Sleeper, "versioned": Versioned}
