@@ -274,13 +274,19 @@ class DBOSExternalAdapter(ExternalRunAdapter):
 
     async def get_result(self) -> StopEvent:
         run = self._run
-        if run.start_task is not None:
-            handle = await asyncio.shield(run.start_task)
-        else:
-            handle = await DBOS.retrieve_workflow_async(run.run_id)
-        if run.executing or run.result.done():
-            return await asyncio.wrap_future(run.result)
-        return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+        try:
+            if run.start_task is not None:
+                handle = await asyncio.shield(run.start_task)
+            else:
+                handle = await DBOS.retrieve_workflow_async(run.run_id)
+            if run.executing or run.result.done():
+                return await asyncio.wrap_future(run.result)
+            return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+        finally:
+            # A run this process only attached to is forgotten once it has ended
+            # (a run executing here is forgotten by its own DBOS workflow).
+            if not run.executing and _runs.get(run.run_id) is run:
+                forget_run(run.run_id)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
         if namespace:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +27,62 @@ def dbos_config(db_url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+PG_SERVER = os.environ.get("DBOS_LLAMA_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _pg_unreachable_reason() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(f"{PG_SERVER}/postgres", connect_timeout=3):
+            return None
+    except Exception as error:  # any failure to connect means: no server here
+        return f"{type(error).__name__}: {error}".strip()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server on 127.0.0.1:5432; CI fails (not skips) without it."""
+    reason = _pg_unreachable_reason()
+    if reason is not None:
+        message = f"PostgreSQL is not reachable at {PG_SERVER}: {reason}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must run the PostgreSQL tests)")
+        pytest.skip(message)
+    return PG_SERVER
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: str):
+    """Create a fresh PostgreSQL database by name; every one is dropped at session end."""
+    import psycopg
+
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"dbos_llama_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{pg_server}/{name}"
+
+    yield create
+    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'dbos.sqlite'}"
 
 
-@pytest.fixture
-async def dbos_app(sqlite_url: str):
-    """DBOS launched in the test's event loop on a fresh SQLite file."""
-    DBOS(config=dbos_config(sqlite_url))
-    DBOS.launch()
-    try:
-        yield sqlite_url
-    finally:
-        DBOS.destroy()
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh system database on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'dbos.sqlite'}"
+    return request.getfixturevalue("pg_database")()
 
 
 @dataclass
@@ -119,3 +162,14 @@ def snapshot(db_url: str, run_id: str) -> Snapshot:
         return Snapshot(statuses, calls)
     finally:
         client.destroy()
+
+
+@pytest.fixture
+async def dbos_app(db_url: str):
+    """DBOS launched in the test's event loop on a fresh database (each backend)."""
+    DBOS(config=dbos_config(db_url))
+    DBOS.launch()
+    try:
+        yield db_url
+    finally:
+        DBOS.destroy()

@@ -40,8 +40,8 @@ def assert_recovered(db_url: str, run_id: str, log: Path, before, call: str, key
 
 
 @pytest.mark.parametrize("crash_at", CHAIN_CRASH_POINTS)
-def test_chain_survives_kill(tmp_path: Path, crash_at: str) -> None:
-    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_chain_survives_kill(tmp_path: Path, db_url: str, crash_at: str) -> None:
+    db = db_url
     log = tmp_path / "effects.log"
     first = run_driver(db, "chain3", "order-1", CHAIN_KWARGS, log, crash_at=crash_at)
     assert first.returncode == 137, first.stderr
@@ -62,8 +62,8 @@ def test_chain_survives_kill(tmp_path: Path, crash_at: str) -> None:
         assert 1 <= lines[f"effect:{tag}"] <= (2 if crash_at == f"effect:{tag}" else 1)
 
 
-def test_uninterrupted_chain_runs_each_step_once(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_uninterrupted_chain_runs_each_step_once(tmp_path: Path, db_url: str) -> None:
+    db = db_url
     log = tmp_path / "effects.log"
     run = run_driver(db, "chain3", "order-1", CHAIN_KWARGS, log)
     assert run.result == CHAIN_RESULT
@@ -86,8 +86,8 @@ FAN_RESULT = sum(i * i for i in range(FAN_N))
 
 @pytest.mark.parametrize("repeat", range(2))
 @pytest.mark.parametrize("crash_at", ["fan:sent", "work:2", "work:5", "collect:all"])
-def test_fan_out_survives_kill(tmp_path: Path, crash_at: str, repeat: int) -> None:
-    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_fan_out_survives_kill(tmp_path: Path, db_url: str, crash_at: str, repeat: int) -> None:
+    db = db_url
     log = tmp_path / "effects.log"
     first = run_driver(db, "fanout", "fan-1", {"n": FAN_N}, log, crash_at=crash_at)
     assert first.returncode == 137, first.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 
@@ -139,6 +140,30 @@ class Fan(Workflow):
         return None if got is None else StopEvent(result=sum(e.value for e in got))
 
 
+class Slow(Event):
+    pass
+
+
+@durable
+class Race(Workflow):
+    """The StopEvent arrives while a sibling step is still running."""
+
+    @step
+    async def start(self, ctx: Context, ev: StartEvent) -> Slow | Half:
+        ctx.send_event(Slow())
+        return Half(value=1)
+
+    @step
+    async def slow(self, ev: Slow) -> StopEvent:
+        await asyncio.sleep(30)
+        return StopEvent(result="slow")
+
+    @step
+    async def fast(self, ev: Half) -> StopEvent:
+        await asyncio.sleep(1.0)  # long enough for `slow` to have started
+        return StopEvent(result="fast")
+
+
 async def statuses(prefix: str) -> dict[str, str]:
     workflows = await DBOS.list_workflows_async(workflow_id_prefix=prefix)
     return {w.workflow_id: w.status for w in workflows}
@@ -233,3 +258,63 @@ async def test_fan_out_collect_and_stream(dbos_app: str) -> None:
         runs = await statuses(f"fan-{attempt}")
         assert set(runs.values()) == {"SUCCESS"}
         assert len([w for w in runs if "/work/" in w]) == 20
+
+
+async def test_abandoned_sibling_is_cancelled_not_left_pending(dbos_app: str) -> None:
+    assert await Race(timeout=None).run(run_id="race-1") == "fast"
+    runs = await statuses("race-1")
+    assert runs["race-1"] == "SUCCESS"
+    assert [s for w, s in runs.items() if "/slow/" in w] == ["CANCELLED"]
+    assert "PENDING" not in runs.values()
+
+
+async def test_successful_run_logs_no_error_or_traceback(dbos_app: str, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert await Fan(timeout=None).run(run_id="quiet-1", n=6) == sum(i * i for i in range(6))
+    assert await Calc(timeout=None).run(run_id="quiet-2", x=2) == 8
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert noisy == []
+
+
+class CalcTimesTen(Calc):
+    """A subclass of a durable class: registered under its own name, runs durably."""
+
+    @step
+    def second(self, ev: Half) -> StopEvent:
+        return StopEvent(result=ev.value * 10)
+
+
+flaky_calls: list[int] = []
+
+
+@durable_step(max_attempts=3, interval_seconds=0.01, backoff_rate=1.0)
+async def flaky(x: int) -> int:
+    flaky_calls.append(x)
+    if len(flaky_calls) < 3:
+        raise ConnectionError("transient")
+    return x
+
+
+@durable
+class UsesFlaky(Workflow):
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        return StopEvent(result=await flaky(ev.x))
+
+
+async def test_subclass_of_durable_class_runs_durably(dbos_app: str) -> None:
+    assert await CalcTimesTen(timeout=None).run(run_id="sub-1", x=2) == 40
+    runs = await DBOS.list_workflows_async(workflow_id_prefix="sub-1")
+    assert {w.name for w in runs} == {
+        f"llama:{__name__}.CalcTimesTen",
+        f"llama:{__name__}.CalcTimesTen/first",
+        f"llama:{__name__}.CalcTimesTen/second",
+    }
+
+
+async def test_durable_step_retries_then_records_once(dbos_app: str) -> None:
+    flaky_calls.clear()
+    assert await UsesFlaky(timeout=None).run(run_id="flaky-1", x=5) == 5
+    assert flaky_calls == [5, 5, 5]
+    steps = await DBOS.list_workflow_steps_async("flaky-1/only/0")
+    assert [(s["function_name"], s["output"]) for s in steps] == [(f"{__name__}.flaky", 5)]
