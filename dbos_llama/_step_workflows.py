@@ -108,9 +108,11 @@ class Binding:
         """The instance a (possibly recovered) run executes on; waits if none exists."""
         if self.instance is None and _needs_no_arguments(self.cls):
             self.cls()  # adopts itself in __init__
-        waited = 0.0
+        loop = asyncio.get_running_loop()
+        next_reminder = loop.time()
         while self.instance is None:
-            if waited % INSTANCE_REMINDER_SECONDS < INSTANCE_POLL_SECONDS:
+            if loop.time() >= next_reminder:
+                next_reminder += INSTANCE_REMINDER_SECONDS
                 logger.warning(
                     "Run %r of durable workflow %r is waiting: create an instance of %s "
                     "(its constructor needs arguments) in this process to resume it. "
@@ -120,7 +122,6 @@ class Binding:
                     self.describe(),
                 )
             await asyncio.sleep(INSTANCE_POLL_SECONDS)
-            waited += INSTANCE_POLL_SECONDS
         return self.instance
 
     async def hold_if_other_version(self, workflow_id: str, version: str) -> None:

@@ -14,11 +14,17 @@ import threading
 
 from dbos import DBOS
 
-from tests.flows import FLOWS
+from tests.flows import CONSTRUCTOR_ARGS, FLOWS
 
 
 async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
-    wf = FLOWS[flow](timeout=None)
+    def make():
+        return FLOWS[flow](timeout=None, **CONSTRUCTOR_ARGS.get(flow, {}))
+
+    # By default the application builds its workflow objects, then launches DBOS.
+    late = float(os.environ.get("DBOS_LLAMA_LATE_INSTANCE", "0"))
+    no_instance = bool(os.environ.get("DBOS_LLAMA_NO_INSTANCE"))
+    wf = None if late or no_instance else make()
     config = {
         "name": "dbos-llama-tests",
         "system_database_url": db_url,
@@ -33,6 +39,9 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
         delay = float(os.environ["DBOS_LLAMA_CRASH_AFTER"])
         threading.Timer(delay, lambda: os._exit(137)).start()
     try:
+        if late:
+            await asyncio.sleep(late)
+            wf = make()
         if os.environ.get("DBOS_LLAMA_LAUNCH_ONLY"):
             # Only launch (recovery runs in the background), wait, and exit.
             await asyncio.sleep(float(os.environ["DBOS_LLAMA_LAUNCH_ONLY"]))

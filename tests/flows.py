@@ -158,4 +158,33 @@ Versioned = durable(
     version=os.environ.get("DBOS_LLAMA_FLOW_VERSION", "v1"),
 )
 
-FLOWS = {"chain3": Chain3, "fanout": FanOut, "sleeper": Sleeper, "versioned": Versioned}
+
+@durable
+class NeedsArgs(Workflow):
+    """A workflow whose constructor needs an argument: recovery waits for an instance."""
+
+    def __init__(self, prefix: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.prefix = prefix
+
+    @step
+    async def one(self, ev: StartEvent) -> OneDone:
+        step_started()
+        return OneDone(acc=await effect("na-one"))
+
+    @step
+    async def two(self, ev: OneDone) -> StopEvent:
+        step_started()
+        maybe_crash("needsargs:two")
+        return StopEvent(result=self.prefix + ev.acc)
+
+
+CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
+
+FLOWS = {
+    "chain3": Chain3,
+    "fanout": FanOut,
+    "sleeper": Sleeper,
+    "versioned": Versioned,
+    "needsargs": NeedsArgs,
+}

@@ -91,3 +91,30 @@ def test_same_run_id_in_another_process_does_not_run_again(tmp_path: Path) -> No
     again = run_driver(db, "chain3", "order-1", CHAIN_KWARGS, log)
     assert again.result == CHAIN_RESULT
     assert read_log(log) == executed  # nothing executed the second time
+
+
+def test_recovered_run_waits_for_an_instance_then_resumes(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    log = tmp_path / "log"
+    first = run_driver(db, "needsargs", "na-1", {}, log, crash_at="needsargs:two")
+    assert first.returncode == 137
+    second = run_driver(
+        db, "needsargs", "na-1", {}, log, extra_env={"DBOS_LLAMA_LATE_INSTANCE": "2.5"}
+    )
+    assert second.result == "p:<na-one>"
+    assert "Run 'na-1' of durable workflow 'tests.flows.NeedsArgs' is waiting" in second.stderr
+    assert "create an instance of class tests.flows.NeedsArgs" in second.stderr
+    assert read_log(log)["effect:na-one"] == 1
+
+
+def test_recovery_instantiates_a_class_without_constructor_arguments(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    log = tmp_path / "log"
+    first = run_driver(db, "chain3", "order-1", CHAIN_KWARGS, log, crash_at="three:start")
+    assert first.returncode == 137
+    # This process never builds a Chain3 itself: recovery does, and finishes the run.
+    launch_only = {"DBOS_LLAMA_NO_INSTANCE": "1", "DBOS_LLAMA_LAUNCH_ONLY": "4"}
+    second = run_driver(db, "chain3", "order-1", CHAIN_KWARGS, log, extra_env=launch_only)
+    assert second.returncode == 0, second.stderr
+    assert snapshot(db, "order-1").statuses["order-1"] == "SUCCESS"
+    assert read_log(log)["effect:three"] == 1
