@@ -15,24 +15,28 @@ Example:
     ```
 """
 
+from ._client import DurableClient, RunInfo
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
-from ._registry import install_recovery_hint as _install_recovery_hint
+from ._registry import install_log_filters as _install_log_filters
 from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
 from .errors import (
     DuplicateNameError,
     DurableDefinitionError,
     DurableError,
+    EventNotAcceptedError,
     NotAWorkflowError,
     NotSerializableError,
     RunConflictError,
+    RunFinishedError,
+    RunNotFoundError,
     StepFailedError,
     UnstableNameError,
     VersionMismatchError,
     WorkflowNotRegisteredError,
 )
 
-_install_recovery_hint()
+_install_log_filters()
 
 __version__ = "0.1.0"
 
@@ -44,6 +48,8 @@ __all__ = [
     "sleep",
     "uuid4",
     "current_run_id",
+    "DurableClient",
+    "RunInfo",
     "DBOSRuntime",
     "dbos_runtime",
     "DurableError",
@@ -56,5 +62,8 @@ __all__ = [
     "VersionMismatchError",
     "StepFailedError",
     "RunConflictError",
+    "RunNotFoundError",
+    "RunFinishedError",
+    "EventNotAcceptedError",
     "__version__",
 ]

@@ -105,7 +105,7 @@ def durable_step(
                 ensure_serializable(result, what)
                 return result
 
-            return await DBOS.run_step_async(options, checked)  # type: ignore[arg-type]
+            return await _checkpoint(options, checked)
 
         return async_wrapper(func)  # type: ignore[no-any-return]
 
@@ -124,7 +124,25 @@ def durable_step(
     return sync_wrapper(func)  # type: ignore[no-any-return]
 
 
+def _replayed(name: str) -> tuple[bool, Any]:
+    invocation = _current_invocation.get()
+    assert invocation is not None
+    return invocation.recorded_result(name)
+
+
+async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` as a DBOS step of the running invocation; in a step re-run after
+    ``ctx.wait_for_event``, return (and record) the earlier run's result instead."""
+    hit, value = _replayed(options["name"])
+    if hit:
+        return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
+    return await DBOS.run_step_async(options, fn)  # type: ignore[arg-type]
+
+
 def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    hit, value = _replayed(options["name"])
+    if hit:
+        options, fn = {"name": options["name"]}, lambda: value
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -144,14 +162,14 @@ async def now() -> float:
     """
     if not _in_durable_step_code():
         return time.time()
-    return await DBOS.run_step_async({"name": "dbos_llama.now"}, time.time)
+    return await _checkpoint({"name": "dbos_llama.now"}, time.time)
 
 
 async def random() -> float:
     """A random float in [0, 1), recorded once per call and replayed after a crash."""
     if not _in_durable_step_code():
         return _random.random()
-    return await DBOS.run_step_async({"name": "dbos_llama.random"}, _random.random)
+    return await _checkpoint({"name": "dbos_llama.random"}, _random.random)
 
 
 async def uuid4() -> str:
@@ -162,7 +180,7 @@ async def uuid4() -> str:
 
     if not _in_durable_step_code():
         return make()
-    return await DBOS.run_step_async({"name": "dbos_llama.uuid4"}, make)
+    return await _checkpoint({"name": "dbos_llama.uuid4"}, make)
 
 
 async def sleep(seconds: float) -> None:

@@ -12,6 +12,8 @@ from .errors import UnstableNameError
 NAME_PREFIX = "llama:"
 #: DBOS message topic carrying workflow ticks (events) into a run.
 TICK_TOPIC = "dbos_llama.tick"
+#: Key of the DBOS stream (on the run's workflow) holding the run's published events.
+STREAM_KEY = "dbos_llama.events"
 
 
 def derive_name(cls: type) -> str:

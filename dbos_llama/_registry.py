@@ -90,8 +90,28 @@ class _UnregisteredWorkflowHint(logging.Filter):
         return True
 
 
-def install_recovery_hint() -> None:
-    """Attach the hint to DBOS's logger (idempotent)."""
+#: Runs this process cancelled: DBOS's own error report of their end is dropped.
+cancelled_runs: set[str] = set()
+
+
+class _CancelledRunQuiet(logging.Filter):
+    """Drops DBOS's traceback and warning for a run that ended because we cancelled
+    it: a cancelled run is a normal ending, and dbos_llama logs it at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and getattr(exc, "workflow_id", None) in cancelled_runs:
+            return False
+        message = record.getMessage()
+        return not any(
+            f"Workflow {run_id} was cancelled during execution" in message
+            for run_id in cancelled_runs
+        )
+
+
+def install_log_filters() -> None:
+    """Attach dbos_llama's filters to DBOS's logger (idempotent)."""
     dbos_logger = logging.getLogger("dbos")
-    if not any(isinstance(f, _UnregisteredWorkflowHint) for f in dbos_logger.filters):
-        dbos_logger.addFilter(_UnregisteredWorkflowHint())
+    for kind in (_UnregisteredWorkflowHint, _CancelledRunQuiet):
+        if not any(isinstance(f, kind) for f in dbos_logger.filters):
+            dbos_logger.addFilter(kind())

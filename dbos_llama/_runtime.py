@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dbos import DBOS
+from dbos import error as dbos_error
 from workflows.context.serializers import BaseSerializer
 from workflows.context.state_store import InMemoryStateStore, StateStore, infer_state_type
-from workflows.events import Event, StartEvent, StopEvent
+from workflows.errors import WorkflowCancelledByUser
+from workflows.events import Event, InternalDispatchEvent, StartEvent, StopEvent
 from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
 from workflows.runtime.types.plugin import (
     ExternalRunAdapter,
@@ -33,7 +34,7 @@ from workflows.runtime.types.step_function import (
     as_step_worker_functions,
     create_workflow_run_function,
 )
-from workflows.runtime.types.ticks import TickAddEvent, WorkflowTick
+from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
 
 from . import _naming
 from ._registry import binding_of
@@ -64,11 +65,28 @@ class Invocation:
 
     invocation_id: str
     sends: int = 0
+    # Events the step wrote to the stream, appended to the run's durable stream
+    # (exactly once) when the invocation's result is processed by the run.
+    stream: list[Event] = field(default_factory=list)
+
+    # Calls (durable steps, helpers) recorded by the earlier invocation of the same
+    # work item that this one re-runs after ``ctx.wait_for_event``: (name, output).
+    recorded: list[tuple[str, Any]] = field(default_factory=list)
+    calls: int = 0
 
     def next_send_key(self) -> str:
         key = _naming.send_idempotency_key(self.invocation_id, self.sends)
         self.sends += 1
         return key
+
+    def recorded_result(self, name: str) -> tuple[bool, Any]:
+        """The next call's result as the earlier invocation recorded it, if any."""
+        index = self.calls
+        self.calls += 1
+        if index < len(self.recorded) and self.recorded[index][0] == name:
+            return True, self.recorded[index][1]
+        self.recorded = []  # the code took another path: stop replaying
+        return False, None
 
 
 @dataclass
@@ -82,14 +100,21 @@ class RunState:
     """What this process holds for one run: local stream, result, counters."""
 
     run_id: str
-    init_state: BrokerState | None = None
     state_store: StateStore[Any] | None = None
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     executing: bool = False
-    result: concurrent.futures.Future[StopEvent] = field(default_factory=concurrent.futures.Future)
+    # True when this process started the run (so it saw every event it published).
+    started_here: bool = False
+    # Stream events of finished step invocations, by upstream invocation ID, until
+    # the run appends them to its durable stream.
+    pending_stream: dict[str, list[Event]] = field(default_factory=dict)
+    # Step invocation IDs of each upstream work item, in call order.
+    work_items: dict[str, list[str]] = field(default_factory=dict)
+    # The run's outcome as DBOS records it, awaited by every local waiter.
+    outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
 
     def next_invocation_id(self, step_name: str) -> str:
@@ -123,6 +148,12 @@ class RunState:
 _runs: dict[str, RunState] = {}
 
 
+async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:
+    """The durable stream of a run from ``offset``, live until the run ends."""
+    async for event in DBOS.read_stream_async(run_id, _naming.STREAM_KEY, offset=offset):
+        yield event
+
+
 def run_state(run_id: str) -> RunState:
     """This process's state of ``run_id``, created on first use."""
     state = _runs.get(run_id)
@@ -139,6 +170,12 @@ def forget_run(run_id: str) -> None:
 def current_run_id() -> str | None:
     """The ID of the durable run whose code is executing, or None outside one."""
     return _current_run_id.get()
+
+
+def _observe(outcome: asyncio.Future[Any]) -> None:
+    # Mark the outcome's exception as read: waiters may all have given up.
+    if not outcome.cancelled():
+        outcome.exception()
 
 
 def _task_order(named: NamedTask) -> tuple[int, str]:
@@ -161,8 +198,27 @@ class DBOSInternalAdapter(InternalRunAdapter):
     def run_id(self) -> str:
         return self._run.run_id
 
-    async def write_to_event_stream(self, event: Event) -> None:
+    # Not ``async`` either: events are checked and ordered at the call site.
+    def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        if not isinstance(event, InternalDispatchEvent):
+            ensure_serializable(event, f"Event {type(event).__name__} written to the stream")
         self._run.publish(event)
+        if isinstance(event, InternalDispatchEvent):
+            # Step state changes are for live observers only: not worth a row each.
+            return _done()
+        invocation = _current_invocation.get()
+        if invocation is not None:
+            # A step: stored with the invocation's result, so a step that re-runs
+            # after a crash never stores its events twice.
+            invocation.stream.append(event)
+            return _done()
+        # The control loop itself (e.g. the StopEvent): a checkpointed write.
+        return DBOS.write_stream_async(_naming.STREAM_KEY, event)
+
+    async def on_tick(self, tick: WorkflowTick) -> None:
+        if isinstance(tick, TickStepResult) and tick.invocation_id is not None:
+            for event in self._run.pending_stream.pop(tick.invocation_id, ()):
+                await DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def get_now(self) -> float:
         return time.time()
@@ -217,13 +273,21 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return WaitForNextTaskResult(completed, started)
 
 
+async def _done() -> None:
+    return None
+
+
+async def outside_workflow(call: Callable[[], Any]) -> Any:
+    """Run a DBOS call in an executor thread: it carries no DBOS context, so the
+    call is not a checkpoint of the calling workflow and takes none of its IDs."""
+    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
 async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
-    # An executor thread carries no DBOS context: the send takes no function ID of
-    # the calling workflow, and the idempotency key makes a replayed send a no-op.
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(
-        None,
-        functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key),
+    # Not a checkpoint of the sending step: the idempotency key makes a send that a
+    # re-executed step repeats a no-op.
+    await outside_workflow(
+        functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key)
     )
 
 
@@ -245,6 +309,23 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
 
     async def stream_published_events(self) -> AsyncGenerator[Event, None]:
+        run = self._run
+        if run.start_task is not None:
+            await asyncio.shield(run.start_task)
+        if run.started_here:
+            source = self._local_events()
+        else:
+            # The run executes (or executed) elsewhere or before this process
+            # started: read its durable stream from the beginning.
+            source = read_run_stream(run.run_id)
+        async for event in source:
+            yield event
+            if isinstance(event, StopEvent):
+                return
+        # The stream ended without a StopEvent: the run failed or was cancelled.
+        yield await self.get_result()
+
+    async def _local_events(self) -> AsyncGenerator[Event, None]:
         queue = self._run.subscribe()
         result = asyncio.ensure_future(self.get_result())
         try:
@@ -252,20 +333,11 @@ class DBOSExternalAdapter(ExternalRunAdapter):
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    event = getter.result()
-                    yield event
-                    if isinstance(event, StopEvent):
-                        return
+                    yield getter.result()
                     continue
                 getter.cancel()
-                # The run ended without this process seeing its stream (it ran
-                # elsewhere, or already finished): end the stream with its result.
                 while not queue.empty():
-                    event = queue.get_nowait()
-                    yield event
-                    if isinstance(event, StopEvent):
-                        return
-                yield result.result()
+                    yield queue.get_nowait()
                 return
         finally:
             self._run.unsubscribe(queue)
@@ -275,18 +347,29 @@ class DBOSExternalAdapter(ExternalRunAdapter):
     async def get_result(self) -> StopEvent:
         run = self._run
         try:
-            if run.start_task is not None:
-                handle = await asyncio.shield(run.start_task)
-            else:
-                handle = await DBOS.retrieve_workflow_async(run.run_id)
-            if run.executing or run.result.done():
-                return await asyncio.wrap_future(run.result)
-            return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+            if run.outcome is None:
+                run.outcome = asyncio.ensure_future(self._outcome())
+                run.outcome.add_done_callback(_observe)
+            # Shielded: a waiter that gives up (e.g. a stream reader) must not
+            # cancel the shared wait, let alone the run.
+            return await asyncio.shield(run.outcome)
         finally:
             # A run this process only attached to is forgotten once it has ended
             # (a run executing here is forgotten by its own DBOS workflow).
-            if not run.executing and _runs.get(run.run_id) is run:
+            if not run.executing and _runs.get(run.run_id) is run and run.outcome.done():
                 forget_run(run.run_id)
+
+    async def _outcome(self) -> StopEvent:
+        run = self._run
+        if run.start_task is not None:
+            handle = await run.start_task
+        else:
+            handle = await DBOS.retrieve_workflow_async(run.run_id)
+        try:
+            # A run started here is awaited directly; any other is polled.
+            return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+        except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
+            raise WorkflowCancelledByUser() from cancelled
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
         if namespace:
@@ -358,10 +441,12 @@ class DBOSRuntime(Runtime):
             raise binding.error_no_start_event()
         ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
         run = run_state(run_id)
-        run.init_state = init_state
-        run.start_task = asyncio.get_running_loop().create_task(
-            binding.start_run(run_id, start_event)
-        )
+
+        async def start() -> Any:
+            handle, run.started_here = await binding.start_run(run_id, start_event)
+            return handle
+
+        run.start_task = asyncio.get_running_loop().create_task(start())
         return DBOSExternalAdapter(run)
 
     def get_internal_adapter(self, workflow: Workflow) -> InternalRunAdapter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import inspect
 import logging
@@ -11,7 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dbos import DBOS, SetWorkflowID
-from workflows.errors import WorkflowRuntimeError
+from dbos import error as dbos_error
+from workflows.errors import WorkflowCancelledByUser, WorkflowRuntimeError
 from workflows.events import Event, StartEvent, StopEvent
 from workflows.runtime.types.internal_state import BrokerState
 from workflows.runtime.types.results import (
@@ -28,6 +30,7 @@ from ._runtime import (
     _current_run_id,
     dbos_runtime,
     forget_run,
+    outside_workflow,
     run_state,
 )
 from ._serialization import ensure_serializable, storable_exception
@@ -139,8 +142,9 @@ class Binding:
         await asyncio.Event().wait()
 
     # -- starting a run -------------------------------------------------------------
-    async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
-        """Start (or find) the run's DBOS workflow; returns its DBOS handle."""
+    async def start_run(self, run_id: str, start_event: StartEvent) -> tuple[Any, bool]:
+        """Start (or find) the run's DBOS workflow: its DBOS handle, and whether
+        this call started it."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -151,9 +155,10 @@ class Binding:
                     f"Run ID {run_id!r} already belongs to DBOS workflow "
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
-            return await DBOS.retrieve_workflow_async(run_id)
+            return await DBOS.retrieve_workflow_async(run_id), False
         with SetWorkflowID(run_id):
-            return await DBOS.start_workflow_async(self.run_function, start_event, self.version)
+            handle = await DBOS.start_workflow_async(self.run_function, start_event, self.version)
+        return handle, True
 
     def error_no_start_event(self) -> Exception:
         return WorkflowRuntimeError(
@@ -179,12 +184,20 @@ class Binding:
                     BrokerState.from_workflow(workflow), start_event, None
                 )
             except BaseException as error:
-                if not run.result.done():
-                    run.result.set_exception(error)
-                raise
+                if not await _was_cancelled(run_id, error):
+                    raise
+                # Cancelled by handler.cancel_run() (a message) or by run ID (DBOS
+                # status): the run and its unfinished steps end CANCELLED, not ERROR.
+                _registry.cancelled_runs.add(run_id)
+                logger.info("Run %r of %r was cancelled.", run_id, binding.name)
+                await outside_workflow(
+                    functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True)
+                )
+                raise dbos_error.DBOSWorkflowCancelledError(
+                    f"Run {run_id!r} was cancelled"
+                ) from error
             else:
-                if not run.result.done():
-                    run.result.set_result(result)
+                await DBOS.close_stream_async(_naming.STREAM_KEY)
                 return result
             finally:
                 _current_run_id.reset(token)
@@ -209,13 +222,17 @@ class Binding:
             bound_events: dict[str, Event] | None,
             retry: RetryAttempt,
             version: str,
-        ) -> list[StepWorkerOutput]:
+            rerun_of: str | None,
+        ) -> StepOutcome:
             invocation_id = DBOS.workflow_id
             assert invocation_id is not None
             await binding.hold_if_other_version(invocation_id, version)
             workflow = await binding.instance_for(run_id)
             run_token = _current_run_id.set(run_id)
-            inv_token = _current_invocation.set(Invocation(invocation_id))
+            invocation = Invocation(invocation_id)
+            if rerun_of is not None:
+                invocation.recorded = await _recorded_calls(rerun_of)
+            inv_token = _current_invocation.set(invocation)
             try:
                 inner = dbos_runtime.inner_step(workflow, step_name)
                 outputs = await inner(
@@ -229,7 +246,7 @@ class Binding:
             finally:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)
-            return _storable_outputs(step_name, outputs)
+            return StepOutcome(_storable_outputs(step_name, outputs), invocation.stream)
 
         step_body.__qualname__ = f"step[{self.name}]"
         return step_body
@@ -256,12 +273,20 @@ class Binding:
             assert run_id is not None, "a step ran outside its durable run"
             run = run_state(run_id)
             invocation_id = run.next_invocation_id(step_name)
+            rerun_of = _rerun_of(run.work_items, state, invocation_id)
             retry = _storable_retry(retry)
             run.inflight.add(invocation_id)
             with SetWorkflowID(invocation_id):
                 try:
-                    outputs = await step_function(
-                        run_id, step_name, event, state, bound_events, retry, self.version
+                    outcome = await step_function(
+                        run_id,
+                        step_name,
+                        event,
+                        state,
+                        bound_events,
+                        retry,
+                        self.version,
+                        rerun_of,
                     )
                 except asyncio.CancelledError:
                     raise  # stays in-flight: the run cancels it in DBOS when it ends
@@ -269,10 +294,45 @@ class Binding:
                     run.inflight.discard(invocation_id)
                     raise
             run.inflight.discard(invocation_id)
-            return outputs
+            if outcome.stream and state.invocation_id is not None:
+                run.pending_stream[state.invocation_id] = outcome.stream
+            return outcome.outputs
 
         self._callers[step] = call_step
         return call_step
+
+
+def _rerun_of(
+    work_items: dict[str, list[str]], state: StepWorkerState, invocation_id: str
+) -> str | None:
+    """The earlier invocation that this one re-runs because an awaited event arrived
+    (``ctx.wait_for_event``), whose recorded calls it replays; None otherwise."""
+    if state.work_item_id is None:
+        return None
+    earlier = work_items.setdefault(state.work_item_id, [])
+    earlier.append(invocation_id)
+    resumed = any(w.resolved_event is not None for w in state.collected_waiters)
+    return earlier[-2] if resumed and len(earlier) > 1 else None
+
+
+async def _recorded_calls(invocation_id: str) -> list[tuple[str, Any]]:
+    """The durable calls an earlier invocation completed, in order: (name, output)."""
+    steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, invocation_id))
+    return [
+        (s["function_name"], s["output"])
+        for s in steps
+        if s["error"] is None
+        and s["child_workflow_id"] is None
+        and not s["function_name"].startswith("DBOS.")
+    ]
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """What a step invocation's DBOS workflow returns (and DBOS records)."""
+
+    outputs: list[StepWorkerOutput]
+    stream: list[Event]
 
 
 def _storable_retry(retry: RetryAttempt) -> RetryAttempt:
@@ -322,10 +382,19 @@ def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[S
     return safe
 
 
+async def _was_cancelled(run_id: str, error: BaseException) -> bool:
+    """Whether ``error`` ended the run because it was cancelled."""
+    if isinstance(error, (WorkflowCancelledByUser, dbos_error.DBOSWorkflowCancelledError)):
+        return True
+    if isinstance(error, dbos_error.DBOSWorkflowConflictIDError):
+        # Cancelling by run ID takes the run away from this execution.
+        status = await outside_workflow(functools.partial(DBOS.get_workflow_status, run_id))
+        return status is not None and status.status == "CANCELLED"
+    return False
+
+
 async def _cancel_outside_workflow(invocation_ids: list[str]) -> None:
     # Step invocations the control loop abandoned (e.g. siblings of the step that
     # returned the StopEvent) are marked CANCELLED so no launch ever resumes them.
-    # Run in an executor thread so these calls take no function ID of the run.
-    loop = asyncio.get_running_loop()
     for invocation_id in invocation_ids:
-        await loop.run_in_executor(None, DBOS.cancel_workflow, invocation_id)
+        await outside_workflow(functools.partial(DBOS.cancel_workflow, invocation_id))

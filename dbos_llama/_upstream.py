@@ -22,6 +22,17 @@ def class_step_names(cls: type[Workflow]) -> list[str]:
     return sorted(cls._get_steps_from_class())
 
 
+def class_accepted_events(cls: type[Workflow]) -> list[type[Any]]:
+    """Event types that some step of ``cls`` accepts (what a sender may deliver)."""
+    accepted: list[type[Any]] = []
+    for func in cls._get_steps_from_class().values():
+        config = getattr(func, "_step_config", None)
+        for event_type in getattr(config, "accepted_events", ()):
+            if event_type not in accepted:
+                accepted.append(event_type)
+    return accepted
+
+
 def step_source(cls: type[Workflow], step_name: str) -> str:
     """Source text of one step function, for the class's code version."""
     func: Any = cls._get_steps_from_class()[step_name]

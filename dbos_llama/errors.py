@@ -13,6 +13,9 @@ __all__ = [
     "VersionMismatchError",
     "StepFailedError",
     "RunConflictError",
+    "RunNotFoundError",
+    "RunFinishedError",
+    "EventNotAcceptedError",
 ]
 
 
@@ -50,6 +53,18 @@ class VersionMismatchError(DurableError):
 
 class RunConflictError(DurableError):
     """A run ID is already used by a run of another workflow."""
+
+
+class RunNotFoundError(DurableError, LookupError):
+    """No durable run has this ID in the system database."""
+
+
+class RunFinishedError(DurableError):
+    """The run has already ended, so it cannot take this operation."""
+
+
+class EventNotAcceptedError(DurableError, TypeError):
+    """No step of the run's workflow accepts this event type."""
 
 
 class StepFailedError(DurableError):

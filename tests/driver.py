@@ -13,6 +13,7 @@ import sys
 import threading
 
 from dbos import DBOS
+from workflows.events import InputRequiredEvent
 
 from tests.flows import CONSTRUCTOR_ARGS, FLOWS
 
@@ -46,7 +47,14 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
             # Only launch (recovery runs in the background), wait, and exit.
             await asyncio.sleep(float(os.environ["DBOS_LLAMA_LAUNCH_ONLY"]))
             return
-        result = await wf.run(run_id=run_id, **kwargs)
+        handler = wf.run(run_id=run_id, **kwargs)
+        if os.environ.get("DBOS_LLAMA_EXIT_ON_INPUT"):
+            # The application asks a human, then its process goes away.
+            async for event in handler.stream_events():
+                if isinstance(event, InputRequiredEvent):
+                    print("ASKED " + json.dumps(event.prefix), flush=True)
+                    os._exit(0)
+        result = await handler
         print("RESULT " + json.dumps(result), flush=True)
     finally:
         DBOS.destroy()

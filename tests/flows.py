@@ -12,7 +12,13 @@ import time
 
 from dbos import DBOS
 from workflows import Context, Workflow, step
-from workflows.events import Event, StartEvent, StopEvent
+from workflows.events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+)
 
 from dbos_llama import durable, durable_step, now, sleep
 
@@ -179,6 +185,65 @@ class NeedsArgs(Workflow):
         return StopEvent(result=self.prefix + ev.acc)
 
 
+class Progress(Event):
+    i: int
+
+
+@durable
+class Streamer(Workflow):
+    """Steps that write progress events to the stream around a crash point."""
+
+    @step
+    async def one(self, ctx: Context, ev: StartEvent) -> OneDone:
+        step_started()
+        ctx.write_event_to_stream(Progress(i=0))
+        ctx.write_event_to_stream(Progress(i=1))
+        first = await effect("s-one")
+        maybe_crash("streamer:one")
+        ctx.write_event_to_stream(Progress(i=2))
+        return OneDone(acc=first)
+
+    @step
+    async def two(self, ctx: Context, ev: OneDone) -> StopEvent:
+        step_started()
+        ctx.write_event_to_stream(Progress(i=3))
+        maybe_crash("streamer:two")
+        return StopEvent(result=ev.acc)
+
+
+@durable
+class Approval(Workflow):
+    """Human in the loop: ask, wait (for days), decide."""
+
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        step_started()
+        quote = await effect("quote")
+        return InputRequiredEvent(prefix=f"approve {quote} for {ev.customer}?")
+
+    @step
+    async def decide(self, ev: HumanResponseEvent) -> StopEvent:
+        step_started()
+        return StopEvent(result=f"answer={ev.response}")
+
+
+@durable
+class Waiter(Workflow):
+    """ctx.wait_for_event inside a step, after an external call."""
+
+    @step
+    async def only(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        step_started()
+        quote = await effect("before-wait")
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent,
+            waiter_event=InputRequiredEvent(prefix=f"ok with {quote}?"),
+            timeout=None,
+        )
+        after = await effect(f"after-{answer.response}")
+        return StopEvent(result=quote + after)
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -187,4 +252,7 @@ FLOWS = {
     "sleeper": Sleeper,
     "versioned": Versioned,
     "needsargs": NeedsArgs,
+    "streamer": Streamer,
+    "approval": Approval,
+    "waiter": Waiter,
 }
