@@ -9,6 +9,9 @@ from typing import Any
 
 from dbos import DBOSClient
 from dbos import error as dbos_error
+from pydantic import BaseModel
+from workflows.context.serializers import JsonSerializer
+from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, StopEvent
 from workflows.runtime.types.step_id import StepId
@@ -16,6 +19,7 @@ from workflows.runtime.types.ticks import TickAddEvent, TickCancelRun
 
 from . import _naming, _registry
 from ._serialization import ensure_serializable
+from ._state import patches_of, rebuild_payload
 from ._upstream import class_accepted_events
 from .errors import EventNotAcceptedError, RunFinishedError, RunNotFoundError
 
@@ -161,6 +165,26 @@ class DurableClient:
         await self.get_run(run_id)
         async for event in self._dbos.read_stream_async(run_id, _naming.STREAM_KEY, offset=offset):
             yield event
+
+    async def get_state(self, run_id: str) -> Any:
+        """The run's ``ctx.store`` state as its completed steps left it.
+
+        A plain dict for the default `DictState`; a typed state model for a
+        workflow with ``Context[MyState]`` (its class must be importable here).
+        """
+        info = await self.get_run(run_id)
+        children = await self._dbos.list_workflows_async(
+            parent_workflow_id=run_id, status="SUCCESS", load_input=False
+        )
+        binding = _registry.lookup(info.workflow)
+        state_type: type[BaseModel] = DictState
+        if binding is not None and binding.instance is not None:
+            state_type = infer_state_type(binding.instance)
+        base = InMemoryStateStore(state_type()).checkpoint().to_dict()
+        payload = rebuild_payload(base, patches_of(children))
+        if payload.get("state_type") == DictState.__name__:
+            return dict(payload["state_data"].get("_data", {}))
+        return await InMemoryStateStore.from_dict(payload, JsonSerializer()).get_state()
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel the run and its unfinished steps (status CANCELLED).

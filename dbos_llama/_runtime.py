@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dbos import DBOS
 from dbos import error as dbos_error
 from workflows.context.serializers import BaseSerializer
-from workflows.context.state_store import InMemoryStateStore, StateStore, infer_state_type
+from workflows.context.state_store import StateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, InternalDispatchEvent, StartEvent, StopEvent
 from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
@@ -39,6 +39,7 @@ from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, Workflow
 from . import _naming
 from ._registry import binding_of
 from ._serialization import ensure_serializable
+from ._state import DurableStateStore, Patch, StateJournal, completed_patches
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
@@ -68,7 +69,8 @@ class Invocation:
     # Events the step wrote to the stream, appended to the run's durable stream
     # (exactly once) when the invocation's result is processed by the run.
     stream: list[Event] = field(default_factory=list)
-
+    # State edits the step committed: (run-wide sequence number, JSON Patch).
+    state: list[Patch] = field(default_factory=list)
     # Calls (durable steps, helpers) recorded by the earlier invocation of the same
     # work item that this one re-runs after ``ctx.wait_for_event``: (name, output).
     recorded: list[tuple[str, Any]] = field(default_factory=list)
@@ -100,7 +102,9 @@ class RunState:
     """What this process holds for one run: local stream, result, counters."""
 
     run_id: str
-    state_store: StateStore[Any] | None = None
+    state_store: DurableStateStore[Any] | None = None
+    state_restored: bool = False
+    _restore_lock: asyncio.Lock | None = None
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
@@ -116,6 +120,24 @@ class RunState:
     # The run's outcome as DBOS records it, awaited by every local waiter.
     outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
+
+    def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
+        """The run's `ctx.store`, created on first use with the workflow's state type."""
+        if self.state_store is None:
+            journal = StateJournal(_current_invocation_patches)
+            self.state_store = DurableStateStore(infer_state_type(workflow)(), journal)
+        return self.state_store
+
+    async def restore_state(self, workflow: Workflow) -> None:
+        """Once per process: rebuild the state from the run's completed steps."""
+        if self.state_restored:
+            return
+        if self._restore_lock is None:
+            self._restore_lock = asyncio.Lock()
+        async with self._restore_lock:
+            if not self.state_restored:
+                self.store_for(workflow).restore(await completed_patches(self.run_id))
+                self.state_restored = True
 
     def next_invocation_id(self, step_name: str) -> str:
         number = self.invocations
@@ -165,6 +187,11 @@ def run_state(run_id: str) -> RunState:
 def forget_run(run_id: str) -> None:
     """Drop a finished run from the process-wide table (adapters keep their own ref)."""
     _runs.pop(run_id, None)
+
+
+def _current_invocation_patches() -> list[Patch] | None:
+    invocation = _current_invocation.get()
+    return None if invocation is None else invocation.state
 
 
 def current_run_id() -> str | None:
@@ -457,8 +484,7 @@ class DBOSRuntime(Runtime):
                 f"{type(workflow).__name__} is only available inside a run."
             )
         run = run_state(run_id)
-        if run.state_store is None:
-            run.state_store = InMemoryStateStore(infer_state_type(workflow)())
+        run.store_for(workflow)
         return DBOSInternalAdapter(run)
 
     def get_external_adapter(self, run_id: str) -> ExternalRunAdapter:

@@ -34,6 +34,7 @@ from ._runtime import (
     run_state,
 )
 from ._serialization import ensure_serializable, storable_exception
+from ._state import Patch
 from ._upstream import class_step_names, step_source
 from .errors import NotSerializableError, RunConflictError, VersionMismatchError
 
@@ -177,6 +178,7 @@ class Binding:
             workflow = await binding.instance_for(run_id)
             run = run_state(run_id)
             run.executing = True
+            await run.restore_state(workflow)
             token = _current_run_id.set(run_id)
             try:
                 registered = dbos_runtime.get_or_register(workflow)
@@ -232,6 +234,7 @@ class Binding:
             invocation = Invocation(invocation_id)
             if rerun_of is not None:
                 invocation.recorded = await _recorded_calls(rerun_of)
+            await run_state(run_id).restore_state(workflow)
             inv_token = _current_invocation.set(invocation)
             try:
                 inner = dbos_runtime.inner_step(workflow, step_name)
@@ -246,7 +249,9 @@ class Binding:
             finally:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)
-            return StepOutcome(_storable_outputs(step_name, outputs), invocation.stream)
+            return StepOutcome(
+                _storable_outputs(step_name, outputs), invocation.stream, invocation.state
+            )
 
         step_body.__qualname__ = f"step[{self.name}]"
         return step_body
@@ -333,6 +338,7 @@ class StepOutcome:
 
     outputs: list[StepWorkerOutput]
     stream: list[Event]
+    state: list[Patch] = dataclasses.field(default_factory=list)
 
 
 def _storable_retry(retry: RetryAttempt) -> RetryAttempt:

@@ -244,6 +244,36 @@ class Waiter(Workflow):
         return StopEvent(result=quote + after)
 
 
+@durable
+class Tally(Workflow):
+    """State edits (set, edit_state) around crash points."""
+
+    @step
+    async def one(self, ctx: Context, ev: StartEvent) -> OneDone:
+        step_started()
+        await ctx.store.set("customer", ev.customer)
+        async with ctx.store.edit_state() as state:
+            state.count = getattr(state, "count", 0) + 1
+        maybe_crash("tally:one")
+        return OneDone(acc="one")
+
+    @step
+    async def two(self, ctx: Context, ev: OneDone) -> StopEvent:
+        step_started()
+        async with ctx.store.edit_state() as state:
+            state.count = state.count + 10
+        maybe_crash("tally:two-between")
+        await ctx.store.set("last", await effect("tally-two"))
+        maybe_crash("tally:two-end")
+        return StopEvent(
+            result={
+                "customer": await ctx.store.get("customer"),
+                "count": await ctx.store.get("count"),
+                "last": await ctx.store.get("last"),
+            }
+        )
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -255,4 +285,5 @@ FLOWS = {
     "streamer": Streamer,
     "approval": Approval,
     "waiter": Waiter,
+    "tally": Tally,
 }

@@ -1,0 +1,140 @@
+"""Durable `ctx.store`: an in-memory store whose committed edits are journaled per step.
+
+Each committed write (``set``, ``set_state``, ``clear``, an ``edit_state`` block)
+is recorded as a JSON Patch with a run-wide sequence number, inside the step
+invocation that made it; the patches are part of the invocation's recorded result.
+After a crash the state is rebuilt from the patches of the invocations that
+completed, in sequence order: an edit of a completed step is applied exactly once,
+and the edits of a step that was still running are not kept (it runs again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+from dbos import DBOS
+from pydantic import BaseModel
+from workflows.context.serializers import JsonSerializer
+from workflows.context.state_store import InMemoryStateStore, apply_state_patch
+
+#: One journaled edit: (run-wide sequence number, JSON Patch).
+Patch = tuple[int, list[dict[str, Any]]]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DurableStateStore(Generic[M]):
+    """The `StateStore` a durable run's steps see as ``ctx.store``."""
+
+    def __init__(self, initial_state: M, journal: StateJournal) -> None:
+        self._inner: InMemoryStateStore[M] = InMemoryStateStore(initial_state)
+        self._journal = journal
+        self._last = self._inner.checkpoint()
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def state_type(self) -> type[M]:
+        return self._inner.state_type
+
+    async def get_state(self) -> M:
+        return await self._inner.get_state()
+
+    async def get(self, path: str, default: Any = Ellipsis) -> Any:
+        return await self._inner.get(path, default)
+
+    async def set_state(self, state: M) -> None:
+        async with self._write_lock:
+            await self._inner.set_state(state)
+            self._record()
+
+    async def set(self, path: str, value: Any) -> None:
+        async with self._write_lock:
+            await self._inner.set(path, value)
+            self._record()
+
+    async def clear(self) -> None:
+        async with self._write_lock:
+            await self._inner.clear()
+            self._record()
+
+    @asynccontextmanager
+    async def edit_state(self) -> AsyncGenerator[M, None]:
+        async with self._write_lock:
+            async with self._inner.edit_state() as state:
+                yield state
+            self._record()
+
+    def to_dict(self, serializer: Any) -> dict[str, Any]:
+        return self._inner.to_dict(serializer)
+
+    def payload(self) -> dict[str, Any]:
+        """The committed state as a JSON-compatible payload."""
+        return self._inner.checkpoint().to_dict()
+
+    def _record(self) -> None:
+        # Under the write lock: the patch holds exactly this write's changes.
+        now = self._inner.checkpoint()
+        patch = now.diff(self._last)
+        self._last = now
+        if patch:
+            self._journal.record(patch)
+
+    def restore(self, patches: list[Patch]) -> None:
+        """Rebuild the committed state from journaled patches (any order)."""
+        if not patches:
+            return
+        payload = rebuild_payload(self.payload(), patches)
+        self._inner = InMemoryStateStore.from_dict(payload, JsonSerializer())
+        self._last = self._inner.checkpoint()
+        self._journal.advance_past(max(seq for seq, _ in patches))
+
+
+def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any]:
+    """``base`` with ``patches`` applied in sequence order."""
+    payload = base
+    for _, patch in sorted(patches, key=lambda item: item[0]):
+        payload = apply_state_patch(payload, patch)
+    return payload
+
+
+class StateJournal:
+    """Numbers the edits of one run and hands each to the step invocation making it."""
+
+    def __init__(self, current_patches: Any) -> None:
+        # A callable returning the running invocation's patch list (or None).
+        self._current_patches = current_patches
+        self._next_seq = 0
+
+    def record(self, patch: list[dict[str, Any]]) -> None:
+        patches = self._current_patches()
+        seq = self._next_seq
+        self._next_seq += 1
+        if patches is not None:
+            patches.append((seq, patch))
+
+    def advance_past(self, seq: int) -> None:
+        self._next_seq = max(self._next_seq, seq + 1)
+
+
+async def completed_patches(run_id: str) -> list[Patch]:
+    """The state patches recorded by a run's completed step invocations."""
+    from ._runtime import outside_workflow
+
+    children = await outside_workflow(
+        functools.partial(
+            DBOS.list_workflows, parent_workflow_id=run_id, status="SUCCESS", load_input=False
+        )
+    )
+    return patches_of(children)
+
+
+def patches_of(children: list[Any]) -> list[Patch]:
+    """The state patches in the recorded outcomes of step invocations."""
+    patches: list[Patch] = []
+    for child in children:
+        patches.extend(getattr(child.output, "state", ()))
+    return patches
