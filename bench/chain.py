@@ -83,11 +83,14 @@ async def floor_b(units: int) -> int:
 def count_rows(db: Path) -> Counter[str]:
     rows: Counter[str] = Counter()
     with sqlite3.connect(db) as conn:
-        for table in ("workflow_status", "workflow_input", "workflow_output"):
-            rows[table] = conn.execute(f"select count(*) from {table}").fetchone()[0]
+        tables = [t for (t,) in conn.execute("select name from sqlite_master where type='table'")]
+        for table in tables:
+            if table in ("operation_outputs", "dbos_migrations", "application_versions"):
+                continue
+            rows[table] = conn.execute(f'select count(*) from "{table}"').fetchone()[0]
         for (name,) in conn.execute("select function_name from operation_outputs"):
-            kind = name if name.startswith("DBOS.") else "child call / step"
-            rows[f"operation_outputs: {kind}"] += 1
+            known = name.startswith(("DBOS.", "dbos_llama."))
+            rows[f"operation_outputs: {name if known else 'child call / step'}"] += 1
     return rows
 
 

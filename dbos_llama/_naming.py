@@ -12,6 +12,10 @@ from .errors import UnstableNameError
 NAME_PREFIX = "llama:"
 #: DBOS message topic carrying workflow ticks (events) into a run.
 TICK_TOPIC = "dbos_llama.tick"
+#: Name of the checkpoint recording which running task finished first, and when.
+NEXT_STEP = "dbos_llama.next"
+#: Name of the checkpoint recording a run's start time (its clock's origin).
+CLOCK_STEP = "dbos_llama.clock"
 #: Key of the DBOS stream (on the run's workflow) holding the run's published events.
 STREAM_KEY = "dbos_llama.events"
 

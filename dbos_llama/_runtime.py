@@ -105,6 +105,8 @@ class RunState:
     state_store: DurableStateStore[Any] | None = None
     state_restored: bool = False
     _restore_lock: asyncio.Lock | None = None
+    # The run's clock (seconds since the epoch) as recorded at its last decision.
+    clock: float = 0.0
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
@@ -248,7 +250,9 @@ class DBOSInternalAdapter(InternalRunAdapter):
                 await DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def get_now(self) -> float:
-        return time.time()
+        # The run's recorded clock: it advances only at recorded decisions, so a
+        # replay schedules timeouts and retry delays exactly as the first run did.
+        return self._run.clock
 
     # Deliberately not ``async``: the synchronous part runs at the call site, in the
     # order the step's code makes its calls, so every send gets a deterministic
@@ -289,14 +293,26 @@ class DBOSInternalAdapter(InternalRunAdapter):
         tasks = [n.task for n in named]
         if not tasks:
             return WaitForNextTaskResult(None, started)
-        if len(tasks) == 1:
-            # Nothing to choose between: no checkpoint needed.
-            done, _ = await asyncio.wait(tasks, timeout=timeout)
-        else:
-            done, _ = await DBOS.asyncio_wait(
+        if len(tasks) == 1 and timeout is None:
+            # Nothing to choose between and no deadline: no checkpoint needed.
+            await asyncio.wait(tasks)
+            return WaitForNextTaskResult(tasks[0], started)
+
+        async def choose() -> tuple[int | None, float]:
+            done, _ = await asyncio.wait(
                 tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-        completed = next((n.task for n in named if n.task in done), None)
+            first = next((i for i, task in enumerate(tasks) if task in done), None)
+            return first, time.time()
+
+        # One checkpoint records which task finished first (or that the deadline
+        # came) and when; a replay returns the same choice and the same time.
+        index, self._run.clock = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose)
+        if index is None:
+            return WaitForNextTaskResult(None, started)
+        completed = tasks[index]
+        if not completed.done():  # replaying: the recorded task finishes now
+            await asyncio.wait([completed])
         return WaitForNextTaskResult(completed, started)
 
 

@@ -7,6 +7,7 @@ DBOS_LLAMA_CRASH_AT equals ``label``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -19,6 +20,7 @@ from workflows.events import (
     StartEvent,
     StopEvent,
 )
+from workflows.retry_policy import retry_policy, stop_after_attempt, wait_fixed
 
 from dbos_llama import durable, durable_step, now, sleep
 
@@ -274,6 +276,65 @@ class Tally(Workflow):
         )
 
 
+def attempts_so_far(tag: str) -> int:
+    path = os.environ.get("DBOS_LLAMA_TEST_LOG")
+    if not path or not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.strip() == tag)
+
+
+@durable
+class Flaky(Workflow):
+    """A step that fails twice, retried with a delay by its retry policy."""
+
+    @step(retry_policy=retry_policy(wait=wait_fixed(0.5), stop=stop_after_attempt(4)))
+    async def shaky(self, ev: StartEvent) -> StopEvent:
+        step_started()
+        attempt = attempts_so_far("shaky-attempt")
+        mark("shaky-attempt")
+        maybe_crash(f"shaky:{attempt}")
+        if attempt < 2:
+            raise ConnectionError(f"attempt {attempt} failed")
+        return StopEvent(result=f"ok after {attempt} failures")
+
+
+class ShakyDone(Event):
+    text: str
+
+
+class SteadyDone(Event):
+    text: str
+
+
+@durable
+class FlakyWithSibling(Workflow):
+    """A retried step (with delays) while a sibling step is still running."""
+
+    @step(retry_policy=retry_policy(wait=wait_fixed(0.3), stop=stop_after_attempt(5)))
+    async def shaky(self, ev: StartEvent) -> ShakyDone:
+        step_started()
+        attempt = attempts_so_far("sib-attempt")
+        mark("sib-attempt")
+        maybe_crash(f"sib:{attempt}")
+        if attempt < 3:
+            raise ConnectionError(f"attempt {attempt} failed")
+        return ShakyDone(text=f"shaky after {attempt}")
+
+    @step
+    async def steady(self, ev: StartEvent) -> SteadyDone:
+        step_started()
+        await asyncio.sleep(2.0)
+        return SteadyDone(text="steady")
+
+    @step
+    async def join(self, ctx: Context, ev: ShakyDone | SteadyDone) -> StopEvent | None:
+        both = ctx.collect_events(ev, [ShakyDone, SteadyDone])
+        if both is None:
+            return None
+        return StopEvent(result=" + ".join(e.text for e in both))
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -286,4 +347,6 @@ FLOWS = {
     "approval": Approval,
     "waiter": Waiter,
     "tally": Tally,
+    "flaky": Flaky,
+    "flaky-sibling": FlakyWithSibling,
 }

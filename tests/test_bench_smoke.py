@@ -19,4 +19,4 @@ def test_chain_benchmark_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     for kind in ("plain", "floor-a", "floor-b", "durable"):
         assert f"  {kind} " in proc.stdout
-    assert "DBOS.asyncio_wait" in proc.stdout
+    assert "dbos_llama.next" in proc.stdout
