@@ -15,7 +15,7 @@ from workflows.context.state_store import DictState, InMemoryStateStore, infer_s
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, StopEvent
 from workflows.runtime.types.step_id import StepId
-from workflows.runtime.types.ticks import TickAddEvent, TickCancelRun
+from workflows.runtime.types.ticks import TickAddEvent
 
 from . import _naming, _registry
 from ._serialization import ensure_serializable
@@ -194,9 +194,9 @@ class DurableClient:
         info = await self.get_run(run_id)
         if info.finished:
             return False
-        # The message ends a run that a worker is executing right now, promptly and
-        # cleanly; the status change covers a run no worker is executing.
-        await self._dbos.send_async(run_id, TickCancelRun(), _naming.TICK_TOPIC)
+        # A status change, not a message: nothing is added to the run's history, so
+        # `resume` continues it from its checkpoints. A worker executing the run
+        # notices within a couple of seconds and stops.
         await self._dbos.cancel_workflow_async(run_id, cancel_children=True)
         return True
 

@@ -34,7 +34,7 @@ from workflows.runtime.types.step_function import (
     as_step_worker_functions,
     create_workflow_run_function,
 )
-from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
+from workflows.runtime.types.ticks import TickAddEvent, TickCancelRun, TickStepResult, WorkflowTick
 
 from . import _naming
 from ._registry import binding_of
@@ -49,6 +49,10 @@ logger = logging.getLogger("dbos_llama")
 
 #: How long the run's mailbox receive waits before it is re-armed (ten years).
 RECV_FOREVER_SECONDS = 10 * 365 * 24 * 3600.0
+#: How often a waiting run looks at its local cancel request.
+CANCEL_CHECK_SECONDS = 0.05
+#: How often a waiting run checks whether another process cancelled it.
+CANCEL_POLL_SECONDS = 2.0
 #: How often a process that did not start a run polls the database for its result.
 ATTACH_POLLING_INTERVAL_SEC = 0.1
 
@@ -107,6 +111,7 @@ class RunState:
     _restore_lock: asyncio.Lock | None = None
     # The run's clock (seconds since the epoch) as recorded at its last decision.
     clock: float = 0.0
+    cancel_requested: bool = False
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
@@ -140,6 +145,25 @@ class RunState:
             if not self.state_restored:
                 self.store_for(workflow).restore(await completed_patches(self.run_id))
                 self.state_restored = True
+
+    def request_cancel(self) -> None:
+        """Ask the run, executing in this process, to end as cancelled."""
+        self.cancel_requested = True
+
+    async def wait_cancelled(self) -> None:
+        """Return once the run is to be cancelled: asked here, or CANCELLED in the
+        database (by another process), checked every `CANCEL_POLL_SECONDS`."""
+        polled = 0.0
+        while not self.cancel_requested:
+            await asyncio.sleep(CANCEL_CHECK_SECONDS)
+            polled += CANCEL_CHECK_SECONDS
+            if polled >= CANCEL_POLL_SECONDS:
+                polled = 0.0
+                status = await outside_workflow(
+                    functools.partial(DBOS.get_workflow_status, self.run_id)
+                )
+                if status is not None and status.status == "CANCELLED":
+                    return
 
     def next_invocation_id(self, step_name: str) -> str:
         number = self.invocations
@@ -267,10 +291,32 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return _send_outside_workflow(self._run.run_id, tick, key)
 
     async def wait_receive(self, timeout_seconds: float | None = None) -> WaitResult:
-        message = await DBOS.recv_async(
-            _naming.TICK_TOPIC,
-            timeout_seconds=RECV_FOREVER_SECONDS if timeout_seconds is None else timeout_seconds,
-        )
+        # The mailbox receive races the run's cancellation. A cancel is never
+        # recorded in the run's history, so a cancelled run that is resumed waits
+        # for its events again.
+        receiving = asyncio.current_task()
+        watcher = asyncio.ensure_future(self._run.wait_cancelled())
+
+        def interrupt(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and receiving is not None:
+                receiving.cancel()
+
+        watcher.add_done_callback(interrupt)
+        try:
+            # Awaited directly: the receive takes its function ID synchronously.
+            message = await DBOS.recv_async(
+                _naming.TICK_TOPIC,
+                timeout_seconds=RECV_FOREVER_SECONDS
+                if timeout_seconds is None
+                else timeout_seconds,
+            )
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled():
+                return WaitResultTick(tick=TickCancelRun())
+            raise
+        finally:
+            watcher.remove_done_callback(interrupt)
+            watcher.cancel()
         if message is None:
             return WaitResultTimeout()
         return WaitResultTick(tick=message)
@@ -326,6 +372,12 @@ async def outside_workflow(call: Callable[[], Any]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
+async def cancel_run_by_id(run_id: str) -> None:
+    """Mark a run and its unfinished steps CANCELLED in the database; a process
+    executing it notices within `CANCEL_POLL_SECONDS` and stops."""
+    await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
+
+
 async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
     # Not a checkpoint of the sending step: the idempotency key makes a send that a
     # re-executed step repeats a no-op.
@@ -350,6 +402,13 @@ class DBOSExternalAdapter(ExternalRunAdapter):
                 tick.event, f"Event {type(tick.event).__name__} sent to run {self.run_id}"
             )
         await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
+
+    async def cancel(self) -> None:
+        run = self._run
+        if run.executing:
+            run.request_cancel()  # the run ends itself, promptly and cleanly
+        else:
+            await cancel_run_by_id(run.run_id)
 
     async def stream_published_events(self) -> AsyncGenerator[Event, None]:
         run = self._run

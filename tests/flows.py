@@ -12,12 +12,13 @@ import os
 import time
 
 from dbos import DBOS
-from workflows import Context, Workflow, step
+from workflows import Context, Workflow, catch_error, step
 from workflows.events import (
     Event,
     HumanResponseEvent,
     InputRequiredEvent,
     StartEvent,
+    StepFailedEvent,
     StopEvent,
 )
 from workflows.retry_policy import retry_policy, stop_after_attempt, wait_fixed
@@ -335,6 +336,24 @@ class FlakyWithSibling(Workflow):
         return StopEvent(result=" + ".join(e.text for e in both))
 
 
+@durable
+class Rescued(Workflow):
+    """A step that fails for good, and a @catch_error handler that recovers."""
+
+    @step
+    async def fragile(self, ev: StartEvent) -> StopEvent:
+        step_started()
+        await effect("fragile-call")
+        raise ValueError("the fragile step broke")
+
+    @catch_error
+    async def rescue(self, ev: StepFailedEvent) -> StopEvent:
+        step_started()
+        note = await effect("rescue-call")
+        maybe_crash("rescue:handler")
+        return StopEvent(result=f"rescued {ev.step_name}: {ev.exception} {note}")
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -349,4 +368,5 @@ FLOWS = {
     "tally": Tally,
     "flaky": Flaky,
     "flaky-sibling": FlakyWithSibling,
+    "rescued": Rescued,
 }

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 from dbos import DBOS
-from workflows import Workflow, step
-from workflows.errors import WorkflowTimeoutError
-from workflows.events import StartEvent, StopEvent
+from workflows import Context, Workflow, step
+from workflows.errors import WorkflowCancelledByUser, WorkflowTimeoutError
+from workflows.events import (
+    Event,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+)
 
 from dbos_llama import DurableClient, durable
 from tests.conftest import read_log, run_driver, snapshot
@@ -76,3 +82,76 @@ async def test_timeout_fails_the_run_cleanly(dbos_app: str) -> None:
 
 async def test_no_timeout_runs_as_long_as_needed(dbos_app: str) -> None:
     assert await Slowpoke(timeout=None).run(run_id="slow-2", seconds=1.2) == "woke"
+
+
+@pytest.mark.parametrize("crash_at", [None, "rescue:handler", "effect:rescue-call"])
+def test_catch_error_handler_survives_a_crash(tmp_path: Path, db_url: str, crash_at) -> None:
+    log = tmp_path / "log"
+    if crash_at is not None:
+        first = run_driver(db_url, "rescued", "r-1", {}, log, crash_at=crash_at)
+        assert first.returncode == 137, first.stderr
+    done = run_driver(db_url, "rescued", "r-1", {}, log)
+    assert done.result == "rescued fragile: the fragile step broke <rescue-call>"
+    lines = read_log(log)
+    assert lines["step:r-1/fragile/0"] == 1  # the failed step is not run again
+    assert lines["effect:fragile-call"] == 1
+    assert lines["effect:rescue-call"] == (2 if crash_at == "effect:rescue-call" else 1)
+    assert set(snapshot(db_url, "r-1").statuses.values()) == {"SUCCESS"}
+
+
+class Ping(Event):
+    n: int
+
+
+class Pong(Event):
+    side: str
+
+
+@durable
+class Router(Workflow):
+    @step
+    async def start(self, ctx: Context, ev: StartEvent) -> Ping | None:
+        ctx.send_event(Ping(n=1), step="right")
+        return None
+
+    @step
+    async def left(self, ev: Ping) -> Pong:
+        return Pong(side="left")
+
+    @step
+    async def right(self, ev: Ping) -> Pong:
+        return Pong(side="right")
+
+    @step
+    async def done(self, ev: Pong) -> StopEvent:
+        return StopEvent(result=ev.side)
+
+
+async def test_send_event_to_a_named_step(dbos_app: str) -> None:
+    assert await Router(timeout=None).run(run_id="route-1") == "right"
+
+
+async def test_list_and_resume_runs(dbos_app: str) -> None:
+    from tests.flows import Approval
+
+    async with DurableClient(dbos_app) as client:
+        handler = Approval(timeout=None).run(run_id="res-1", customer="ivy")
+        async for event in handler.stream_events():
+            if isinstance(event, InputRequiredEvent):
+                await client.cancel("res-1")
+                break
+        with pytest.raises(WorkflowCancelledByUser):
+            await handler
+        assert await Slowpoke(timeout=None).run(run_id="res-2", seconds=0) == "woke"
+
+        runs = await client.list_runs()
+        assert [r.run_id for r in runs][:2] == ["res-2", "res-1"]  # newest first
+        assert [r.status for r in await client.list_runs(workflow="tests.flows.Approval")] == [
+            "CANCELLED"
+        ]
+        assert await client.list_runs(status="SUCCESS", limit=5) == [runs[0]]
+
+        # Resume the cancelled run: it continues from its checkpoints and waits again.
+        await client.resume("res-1")
+        await client.send_event("res-1", HumanResponseEvent(response="after all"))
+        assert await client.get_result("res-1") == "answer=after all"
