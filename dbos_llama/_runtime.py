@@ -49,8 +49,6 @@ logger = logging.getLogger("dbos_llama")
 
 #: How long the run's mailbox receive waits before it is re-armed (ten years).
 RECV_FOREVER_SECONDS = 10 * 365 * 24 * 3600.0
-#: How often a waiting run looks at its local cancel request.
-CANCEL_CHECK_SECONDS = 0.05
 #: How often a waiting run checks whether another process cancelled it.
 CANCEL_POLL_SECONDS = 2.0
 #: How often a process that did not start a run polls the database for its result.
@@ -112,6 +110,7 @@ class RunState:
     # The run's clock (seconds since the epoch) as recorded at its last decision.
     clock: float = 0.0
     cancel_requested: bool = False
+    _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
@@ -149,16 +148,19 @@ class RunState:
     def request_cancel(self) -> None:
         """Ask the run, executing in this process, to end as cancelled."""
         self.cancel_requested = True
+        if self._cancel_wakeup is not None:
+            loop, wakeup = self._cancel_wakeup
+            loop.call_soon_threadsafe(wakeup.set)
 
     async def wait_cancelled(self) -> None:
         """Return once the run is to be cancelled: asked here, or CANCELLED in the
-        database (by another process), checked every `CANCEL_POLL_SECONDS`."""
-        polled = 0.0
+        database (by another process), which is checked every `CANCEL_POLL_SECONDS`."""
+        wakeup = asyncio.Event()
+        self._cancel_wakeup = (asyncio.get_running_loop(), wakeup)
         while not self.cancel_requested:
-            await asyncio.sleep(CANCEL_CHECK_SECONDS)
-            polled += CANCEL_CHECK_SECONDS
-            if polled >= CANCEL_POLL_SECONDS:
-                polled = 0.0
+            try:
+                await asyncio.wait_for(wakeup.wait(), CANCEL_POLL_SECONDS)
+            except asyncio.TimeoutError:
                 status = await outside_workflow(
                     functools.partial(DBOS.get_workflow_status, self.run_id)
                 )
