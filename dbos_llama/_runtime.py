@@ -109,6 +109,8 @@ class RunState:
     _restore_lock: asyncio.Lock | None = None
     # The run's clock (seconds since the epoch) as recorded at its last decision.
     clock: float = 0.0
+    _clock_offset: float = 0.0
+    _resume_real_time: float | None = None
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -144,6 +146,29 @@ class RunState:
             if not self.state_restored:
                 self.store_for(workflow).restore(await completed_patches(self.run_id))
                 self.state_restored = True
+
+    async def start_clock(self) -> None:
+        """Start (or, replaying, restore) the run's recorded clock."""
+        started = time.time()
+        executed = False
+
+        def now() -> float:
+            nonlocal executed
+            executed = True
+            return started
+
+        self.clock = await DBOS.run_step_async({"name": _naming.CLOCK_STEP}, now)
+        # Replaying a run that a crash interrupted: once the replay is over, the
+        # clock resumes where the last recorded decision left it, so the downtime
+        # does not count as alive time (for `Workflow(timeout=...)`).
+        self._resume_real_time = None if executed else started
+
+    def live_clock(self) -> float:
+        """The clock at a decision made now (not replayed)."""
+        if self._resume_real_time is not None:
+            self._clock_offset = self._resume_real_time - self.clock
+            self._resume_real_time = None
+        return time.time() - self._clock_offset
 
     def request_cancel(self) -> None:
         """Ask the run, executing in this process, to end as cancelled."""
@@ -351,7 +376,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
                 tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             first = next((i for i, task in enumerate(tasks) if task in done), None)
-            return first, time.time()
+            return first, self._run.live_clock()
 
         # One checkpoint records which task finished first (or that the deadline
         # came) and when; a replay returns the same choice and the same time.

@@ -8,7 +8,6 @@ import functools
 import hashlib
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +178,7 @@ class Binding:
             workflow = await binding.instance_for(run_id)
             run = run_state(run_id)
             run.executing = True
-            run.clock = await DBOS.run_step_async({"name": _naming.CLOCK_STEP}, time.time)
+            await run.start_clock()
             await run.restore_state(workflow)
             token = _current_run_id.set(run_id)
             try:

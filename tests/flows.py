@@ -354,6 +354,28 @@ class Rescued(Workflow):
         return StopEvent(result=f"rescued {ev.step_name}: {ev.exception} {note}")
 
 
+@durable
+class Timed(Workflow):
+    """A run with a 4 s timeout (alive time) whose steps take about 2 s in total."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs["timeout"] = 4.0
+        super().__init__(**kwargs)
+
+    @step
+    async def one(self, ev: StartEvent) -> OneDone:
+        step_started()
+        await asyncio.sleep(1.0)
+        maybe_crash("timed:one")
+        return OneDone(acc=await effect("timed-one"))
+
+    @step
+    async def two(self, ev: OneDone) -> StopEvent:
+        step_started()
+        await asyncio.sleep(1.0)
+        return StopEvent(result=ev.acc)
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -369,4 +391,5 @@ FLOWS = {
     "flaky": Flaky,
     "flaky-sibling": FlakyWithSibling,
     "rescued": Rescued,
+    "timed": Timed,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,17 @@ def test_retry_delays_replay_while_a_sibling_runs(tmp_path: Path, db_url: str, c
     assert done.result == "shaky after 3 + steady"
     assert read_log(log)["sib-attempt"] == 4
     assert set(snapshot(db_url, "fs-1").statuses.values()) == {"SUCCESS"}
+
+
+def test_timeout_counts_alive_time_not_downtime(tmp_path: Path, db_url: str) -> None:
+    log = tmp_path / "log"
+    first = run_driver(db_url, "timed", "tm-1", {}, log, crash_at="timed:one")
+    assert first.returncode == 137, first.stderr
+    time.sleep(4.5)  # the process is down for longer than the whole 4 s budget
+    done = run_driver(db_url, "timed", "tm-1", {}, log)
+    assert done.returncode == 0, done.stderr
+    assert done.result == "<timed-one>"
+    assert snapshot(db_url, "tm-1").statuses["tm-1"] == "SUCCESS"
 
 
 @durable
