@@ -376,6 +376,29 @@ class Timed(Workflow):
         return StopEvent(result=ev.acc)
 
 
+@durable
+class Inner(Workflow):
+    """A durable workflow that another workflow's step runs."""
+
+    @step
+    async def work(self, ev: StartEvent) -> StopEvent:
+        step_started()
+        value = await effect(f"inner-{ev.tag}")
+        maybe_crash("inner:work")
+        return StopEvent(result=value)
+
+
+@durable
+class Outer(Workflow):
+    """A step that starts a nested durable run and waits for its result."""
+
+    @step
+    async def delegate(self, ev: StartEvent) -> StopEvent:
+        step_started()
+        inner = await Inner(timeout=None).run(run_id=f"{ev.run}-inner", tag=ev.run)
+        return StopEvent(result=f"outer({inner})")
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -392,4 +415,5 @@ FLOWS = {
     "flaky-sibling": FlakyWithSibling,
     "rescued": Rescued,
     "timed": Timed,
+    "outer": Outer,
 }

@@ -167,3 +167,23 @@ async def test_list_and_resume_runs(dbos_app: str) -> None:
         await client.resume("res-1")
         await client.send_event("res-1", HumanResponseEvent(response="after all"))
         assert await client.get_result("res-1") == "answer=after all"
+
+
+@pytest.mark.parametrize("crash_at", [None, "inner:work"])
+def test_nested_durable_run_from_a_step(tmp_path: Path, db_url: str, crash_at) -> None:
+    log = tmp_path / "log"
+    if crash_at is not None:
+        first = run_driver(db_url, "outer", "o-1", {"run": "o-1"}, log, crash_at=crash_at)
+        assert first.returncode == 137, first.stderr
+    done = run_driver(db_url, "outer", "o-1", {"run": "o-1"}, log)
+    assert done.result == "outer(<inner-o-1>)"
+    # The nested run is one run: its completed call is never repeated, and the
+    # outer step (in flight at the kill) attaches to it instead of starting another.
+    assert read_log(log)["effect:inner-o-1"] == 1
+    statuses = snapshot(db_url, "o-1").statuses
+    assert statuses == {
+        "o-1": "SUCCESS",
+        "o-1/delegate/0": "SUCCESS",
+        "o-1-inner": "SUCCESS",
+        "o-1-inner/work/0": "SUCCESS",
+    }
