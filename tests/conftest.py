@@ -130,6 +130,22 @@ def run_driver(
     return DriverRun(proc.returncode, proc.stdout, proc.stderr)
 
 
+def kill_then_finish(
+    db_url: str,
+    flow: str,
+    run_id: str,
+    kwargs: dict[str, Any],
+    log: Path,
+    crash_at: str | None,
+) -> DriverRun:
+    """Run ``flow`` in a process killed at ``crash_at`` (if given), then in a new
+    process that recovers and finishes it; returns the second run."""
+    if crash_at is not None:
+        first = run_driver(db_url, flow, run_id, kwargs, log, crash_at=crash_at)
+        assert first.returncode == 137, first.stderr
+    return run_driver(db_url, flow, run_id, kwargs, log)
+
+
 def read_log(path: Path) -> Counter[str]:
     if not path.exists():
         return Counter()

@@ -19,16 +19,13 @@ from workflows.events import (
 )
 
 from dbos_llama import DurableClient, durable
-from tests.conftest import read_log, run_driver, snapshot
+from tests.conftest import kill_then_finish, read_log, run_driver, snapshot
 
 
 @pytest.mark.parametrize("crash_at", [None, "shaky:1", "shaky:2"])
 def test_retry_schedule_survives_a_crash(tmp_path: Path, db_url: str, crash_at) -> None:
     log = tmp_path / "log"
-    if crash_at is not None:
-        first = run_driver(db_url, "flaky", "f-1", {}, log, crash_at=crash_at)
-        assert first.returncode == 137, first.stderr
-    done = run_driver(db_url, "flaky", "f-1", {}, log)
+    done = kill_then_finish(db_url, "flaky", "f-1", {}, log, crash_at)
     assert done.returncode == 0, done.stderr
     assert "DBOSUnexpectedStepError" not in done.stderr
     # The step counts earlier executions in the log: the killed one counts too.
@@ -50,10 +47,7 @@ def test_retry_delays_replay_while_a_sibling_runs(tmp_path: Path, db_url: str, c
     # While the sibling runs, each retry delay ends with a recorded timeout: a
     # replay must take the same decisions at the same recorded times.
     log = tmp_path / "log"
-    if crash_at is not None:
-        first = run_driver(db_url, "flaky-sibling", "fs-1", {}, log, crash_at=crash_at)
-        assert first.returncode == 137, first.stderr
-    done = run_driver(db_url, "flaky-sibling", "fs-1", {}, log)
+    done = kill_then_finish(db_url, "flaky-sibling", "fs-1", {}, log, crash_at)
     assert done.returncode == 0, done.stderr
     assert "DBOSUnexpectedStepError" not in done.stderr
     # Three failures, then success; a killed attempt is resumed and succeeds.
@@ -99,10 +93,7 @@ async def test_no_timeout_runs_as_long_as_needed(dbos_app: str) -> None:
 @pytest.mark.parametrize("crash_at", [None, "rescue:handler", "effect:rescue-call"])
 def test_catch_error_handler_survives_a_crash(tmp_path: Path, db_url: str, crash_at) -> None:
     log = tmp_path / "log"
-    if crash_at is not None:
-        first = run_driver(db_url, "rescued", "r-1", {}, log, crash_at=crash_at)
-        assert first.returncode == 137, first.stderr
-    done = run_driver(db_url, "rescued", "r-1", {}, log)
+    done = kill_then_finish(db_url, "rescued", "r-1", {}, log, crash_at)
     assert done.result == "rescued fragile: the fragile step broke <rescue-call>"
     lines = read_log(log)
     assert lines["step:r-1/fragile/0"] == 1  # the failed step is not run again
@@ -172,10 +163,7 @@ async def test_list_and_resume_runs(dbos_app: str) -> None:
 @pytest.mark.parametrize("crash_at", [None, "inner:work"])
 def test_nested_durable_run_from_a_step(tmp_path: Path, db_url: str, crash_at) -> None:
     log = tmp_path / "log"
-    if crash_at is not None:
-        first = run_driver(db_url, "outer", "o-1", {"run": "o-1"}, log, crash_at=crash_at)
-        assert first.returncode == 137, first.stderr
-    done = run_driver(db_url, "outer", "o-1", {"run": "o-1"}, log)
+    done = kill_then_finish(db_url, "outer", "o-1", {"run": "o-1"}, log, crash_at)
     assert done.result == "outer(<inner-o-1>)"
     # The nested run is one run: its completed call is never repeated, and the
     # outer step (in flight at the kill) attaches to it instead of starting another.

@@ -10,7 +10,7 @@ from workflows import Context, Workflow, step
 from workflows.events import StartEvent, StopEvent
 
 from dbos_llama import DurableClient, durable
-from tests.conftest import run_driver
+from tests.conftest import kill_then_finish
 from tests.flows import Tally
 
 EXPECTED = {"customer": "ada", "count": 11, "last": "<tally-two>"}
@@ -22,10 +22,7 @@ def test_state_after_recovery_equals_uninterrupted(
 ) -> None:
     log = tmp_path / "log"
     kwargs = {"customer": "ada"}
-    if crash_at is not None:
-        first = run_driver(db_url, "tally", "t-1", kwargs, log, crash_at=crash_at)
-        assert first.returncode == 137, first.stderr
-    done = run_driver(db_url, "tally", "t-1", kwargs, log)
+    done = kill_then_finish(db_url, "tally", "t-1", kwargs, log, crash_at)
     # count is 1 + 10: no edit was applied twice, none was lost.
     assert done.result == EXPECTED
 

@@ -9,7 +9,7 @@ from dbos import DBOSClient
 from workflows.events import StopEvent
 
 from dbos_llama._naming import STREAM_KEY
-from tests.conftest import read_log, run_driver
+from tests.conftest import kill_then_finish, read_log
 from tests.flows import Progress, Streamer
 
 EXPECTED = [0, 1, 2, 3]
@@ -32,10 +32,7 @@ def test_stream_is_stored_exactly_once_across_a_crash(
     tmp_path: Path, db_url: str, crash_at: str | None
 ) -> None:
     log = tmp_path / "log"
-    if crash_at is not None:
-        first = run_driver(db_url, "streamer", "s-1", {}, log, crash_at=crash_at)
-        assert first.returncode == 137
-    done = run_driver(db_url, "streamer", "s-1", {}, log)
+    done = kill_then_finish(db_url, "streamer", "s-1", {}, log, crash_at)
     assert done.result == "<s-one>"
     events = stored_stream(db_url, "s-1")
     assert progress(events) == EXPECTED  # no duplicates, no gaps, in order
