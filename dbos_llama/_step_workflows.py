@@ -189,8 +189,8 @@ class Binding:
             except BaseException as error:
                 if not await _was_cancelled(run_id, error):
                     raise
-                # Cancelled by handler.cancel_run() (a message) or by run ID (DBOS
-                # status): the run and its unfinished steps end CANCELLED, not ERROR.
+                # Cancelled by handler.cancel_run() (an in-process request) or by run
+                # ID (DBOS status): the run and its unfinished steps end CANCELLED.
                 _registry.cancelled_runs.add(run_id)
                 logger.info("Run %r of %r was cancelled.", run_id, binding.name)
                 await outside_workflow(
