@@ -59,11 +59,6 @@ def claim(binding: Binding, dbos_names: list[str]) -> None:
         _claimed[dbos_name] = binding.name
 
 
-def registered_names() -> list[str]:
-    """Names of every durable workflow registered in this process."""
-    return sorted(_by_name)
-
-
 _UNREGISTERED = re.compile(r"(" + re.escape(NAME_PREFIX) + r"\S+) is not a registered workflow")
 
 

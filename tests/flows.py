@@ -285,18 +285,25 @@ def attempts_so_far(tag: str) -> int:
         return sum(1 for line in f if line.strip() == tag)
 
 
+def failing_attempt(tag: str, failures: int) -> int:
+    """One attempt of a step that fails its first ``failures`` executions (counted
+    across processes in the log); crash point ``<tag>:<attempt>``; returns the attempt."""
+    step_started()
+    attempt = attempts_so_far(f"{tag}-attempt")
+    mark(f"{tag}-attempt")
+    maybe_crash(f"{tag}:{attempt}")
+    if attempt < failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
 @durable
 class Flaky(Workflow):
     """A step that fails twice, retried with a delay by its retry policy."""
 
     @step(retry_policy=retry_policy(wait=wait_fixed(0.5), stop=stop_after_attempt(4)))
     async def shaky(self, ev: StartEvent) -> StopEvent:
-        step_started()
-        attempt = attempts_so_far("shaky-attempt")
-        mark("shaky-attempt")
-        maybe_crash(f"shaky:{attempt}")
-        if attempt < 2:
-            raise ConnectionError(f"attempt {attempt} failed")
+        attempt = failing_attempt("shaky", failures=2)
         return StopEvent(result=f"ok after {attempt} failures")
 
 
@@ -314,12 +321,7 @@ class FlakyWithSibling(Workflow):
 
     @step(retry_policy=retry_policy(wait=wait_fixed(0.3), stop=stop_after_attempt(5)))
     async def shaky(self, ev: StartEvent) -> ShakyDone:
-        step_started()
-        attempt = attempts_so_far("sib-attempt")
-        mark("sib-attempt")
-        maybe_crash(f"sib:{attempt}")
-        if attempt < 3:
-            raise ConnectionError(f"attempt {attempt} failed")
+        attempt = failing_attempt("sib", failures=3)
         return ShakyDone(text=f"shaky after {attempt}")
 
     @step
