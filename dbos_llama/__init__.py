@@ -27,6 +27,7 @@ from .errors import (
     EventNotAcceptedError,
     NotAWorkflowError,
     NotSerializableError,
+    QueueNotFoundError,
     RunConflictError,
     RunFinishedError,
     RunNotFoundError,
@@ -65,5 +66,6 @@ __all__ = [
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",
+    "QueueNotFoundError",
     "__version__",
 ]

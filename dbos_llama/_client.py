@@ -204,3 +204,32 @@ class DurableClient:
         """Resume a cancelled or failed run from its last checkpoint."""
         await self.get_run(run_id)
         await self._dbos.resume_workflow_async(run_id)
+
+    async def take_over(self, executor_id: str) -> list[str]:
+        """Hand the unfinished runs of a dead worker process to the live ones.
+
+        Every PENDING run and step invocation that the worker with DBOS executor ID
+        ``executor_id`` was executing goes back on its queue (runs submitted through a
+        queue keep their queue and its limits), and live workers resume them from
+        their checkpoints. Returns the IDs of the runs taken over.
+
+        Only for a worker that is gone for good: a live worker would go on executing
+        the same runs. A worker that restarts with its executor ID resumes its runs
+        by itself, without this call.
+
+        Example:
+            ```python
+            async with DurableClient(db_url) as client:
+                print(await client.take_over("worker-2"))
+            ```
+        """
+        pending = await self._dbos.list_workflows_async(
+            status="PENDING", executor_id=executor_id, load_input=False, load_output=False
+        )
+        ours = [s for s in pending if (s.name or "").startswith(_naming.NAME_PREFIX)]
+        by_queue: dict[str | None, list[str]] = {}
+        for status in ours:
+            by_queue.setdefault(status.queue_name, []).append(status.workflow_id)
+        for queue_name, workflow_ids in by_queue.items():
+            await self._dbos.resume_workflows_async(workflow_ids, queue_name=queue_name)
+        return sorted(s.workflow_id for s in ours if _info(s) is not None)

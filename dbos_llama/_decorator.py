@@ -24,17 +24,27 @@ _building: ContextVar[bool] = ContextVar("dbos_llama_building", default=False)
 
 
 @overload
-def durable(cls: W, *, name: str | None = None, version: str | None = None) -> W: ...
+def durable(
+    cls: W, *, name: str | None = None, version: str | None = None, queue: str | None = None
+) -> W: ...
 
 
 @overload
 def durable(
-    cls: None = None, *, name: str | None = None, version: str | None = None
+    cls: None = None,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    queue: str | None = None,
 ) -> Callable[[W], W]: ...
 
 
 def durable(
-    cls: W | None = None, *, name: str | None = None, version: str | None = None
+    cls: W | None = None,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    queue: str | None = None,
 ) -> W | Callable[[W], W]:
     """Make a LlamaIndex `Workflow` class durable on DBOS.
 
@@ -50,6 +60,10 @@ def durable(
             Required for classes defined inside functions.
         version: Code version recorded with each run. By default a hash of the
             class's step source: a run is never replayed against other code.
+        queue: Name of a DBOS queue (``DBOS.register_queue(...)``) that runs are
+            submitted to, instead of starting in the calling process: any worker
+            process with capacity executes them, within the queue's
+            ``worker_concurrency`` / ``global_concurrency`` limits.
 
     Returns:
         A durable subclass of ``cls`` with the same name, module and signature.
@@ -63,10 +77,13 @@ def durable(
                 return StopEvent(result=await call_model(ev.prompt))
 
         DurableAgent = durable(AgentWorkflow, name="support-agent")
+
+        @durable(queue="orders")  # after launch: DBOS.register_queue("orders", ...)
+        class QueuedOrders(Workflow): ...
         ```
     """
     if cls is None:
-        return functools.partial(durable, name=name, version=version)  # type: ignore[return-value]
+        return functools.partial(durable, name=name, version=version, queue=queue)  # type: ignore[return-value]
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise NotAWorkflowError(
             f"@durable applies to subclasses of workflows.Workflow, not to "
@@ -76,16 +93,13 @@ def durable(
     if (
         existing is not None
         and name in (None, existing.name)
-        and version
-        in (
-            None,
-            existing.explicit_version,
-        )
+        and version in (None, existing.explicit_version)
+        and queue in (None, existing.queue)
     ):
         return cls
     stable_name = name if name is not None else _naming.derive_name(cls)
     durable_cls = _make_durable_subclass(cls)
-    Binding(durable_cls, stable_name, version).register()
+    Binding(durable_cls, stable_name, version, queue).register()
     return durable_cls  # type: ignore[return-value]
 
 
@@ -114,7 +128,8 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
         except Exception:
             # A local subclass: it gets a binding only through @durable(name=...).
             return
-        Binding(sub, derived, None).register()
+        # A subclass submits its runs where its durable base does.
+        Binding(sub, derived, None, binding_of(durable_cls).queue).register()
 
     namespace = {
         "__module__": cls.__module__,

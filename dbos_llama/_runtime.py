@@ -39,7 +39,7 @@ from workflows.runtime.types.ticks import TickAddEvent, TickCancelRun, TickStepR
 from . import _naming
 from ._registry import binding_of
 from ._serialization import ensure_serializable
-from ._state import DurableStateStore, Patch, StateJournal, completed_patches
+from ._state import DurableStateStore, Patch, StateJournal, completed_steps, patches_of
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
@@ -106,6 +106,9 @@ class RunState:
     run_id: str
     state_store: DurableStateStore[Any] | None = None
     state_restored: bool = False
+    # Step invocations whose state edits this process's store holds: rebuilt from,
+    # or executed here (their edits went straight into the store).
+    absorbed: set[str] = field(default_factory=set)
     _restore_lock: asyncio.Lock | None = None
     # The run's clock (seconds since the epoch) as recorded at its last decision.
     clock: float = 0.0
@@ -118,6 +121,8 @@ class RunState:
     events: list[Event] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     executing: bool = False
+    # Step invocations of the run executing in this process right now.
+    local_steps: int = 0
     # True when this process started the run (so it saw every event it published).
     started_here: bool = False
     # Stream events of finished step invocations, by upstream invocation ID, until
@@ -144,8 +149,17 @@ class RunState:
             self._restore_lock = asyncio.Lock()
         async with self._restore_lock:
             if not self.state_restored:
-                self.store_for(workflow).restore(await completed_patches(self.run_id))
+                completed = await completed_steps(self.run_id)
+                self.store_for(workflow).restore(patches_of(completed))
+                self.absorbed.update(c.workflow_id for c in completed)
                 self.state_restored = True
+
+    def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:
+        """Take in the state edits of a finished step invocation, unless the store
+        already holds them (it ran here, or the state was rebuilt after it ended)."""
+        if patches and invocation_id not in self.absorbed:
+            self.store_for(workflow).restore(patches)
+        self.absorbed.add(invocation_id)
 
     async def start_clock(self) -> None:
         """Start (or, replaying, restore) the run's recorded clock."""

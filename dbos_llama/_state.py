@@ -84,7 +84,8 @@ class DurableStateStore(Generic[M]):
             self._journal.record(patch)
 
     def restore(self, patches: list[Patch]) -> None:
-        """Rebuild the committed state from journaled patches (any order)."""
+        """Apply journaled patches (any order) to the committed state: to rebuild it,
+        or to take in the edits of a step invocation that ran in another process."""
         if not patches:
             return
         payload = rebuild_payload(self.payload(), patches)
@@ -120,16 +121,15 @@ class StateJournal:
         self._next_seq = max(self._next_seq, seq + 1)
 
 
-async def completed_patches(run_id: str) -> list[Patch]:
-    """The state patches recorded by a run's completed step invocations."""
+async def completed_steps(run_id: str) -> list[Any]:
+    """The DBOS statuses (with outputs) of a run's completed step invocations."""
     from ._runtime import outside_workflow
 
-    children = await outside_workflow(
+    return await outside_workflow(
         functools.partial(
             DBOS.list_workflows, parent_workflow_id=run_id, status="SUCCESS", load_input=False
         )
     )
-    return patches_of(children)
 
 
 def patches_of(children: list[Any]) -> list[Patch]:

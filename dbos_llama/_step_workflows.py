@@ -36,7 +36,12 @@ from ._runtime import (
 from ._serialization import ensure_serializable, storable_exception
 from ._state import Patch
 from ._upstream import class_step_names, step_source
-from .errors import NotSerializableError, RunConflictError, VersionMismatchError
+from .errors import (
+    NotSerializableError,
+    QueueNotFoundError,
+    RunConflictError,
+    VersionMismatchError,
+)
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
@@ -69,9 +74,13 @@ def _needs_no_arguments(cls: type) -> bool:
 class Binding:
     """Everything dbos_llama registered for one durable workflow class."""
 
-    def __init__(self, cls: type[Workflow], name: str, version: str | None) -> None:
+    def __init__(
+        self, cls: type[Workflow], name: str, version: str | None, queue: str | None = None
+    ) -> None:
         self.cls = cls
         self.name = name
+        #: The DBOS queue runs are submitted to (None: they start in the caller).
+        self.queue = queue
         self.explicit_version = version
         self.version = version if version is not None else code_version(cls)
         self.run_function: Callable[..., Any] | None = None
@@ -144,8 +153,8 @@ class Binding:
 
     # -- starting a run -------------------------------------------------------------
     async def start_run(self, run_id: str, start_event: StartEvent) -> tuple[Any, bool]:
-        """Start (or find) the run's DBOS workflow: its DBOS handle, and whether
-        this call started it."""
+        """Start, enqueue or find the run's DBOS workflow: its DBOS handle, and
+        whether this call started it in this process."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -157,9 +166,28 @@ class Binding:
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
             return await DBOS.retrieve_workflow_async(run_id), False
+        if self.queue is not None:
+            # Any worker with capacity on the queue executes the run.
+            await self._check_queue()
+            with SetWorkflowID(run_id):
+                handle = await DBOS.enqueue_workflow_async(
+                    self.queue, self.run_function, start_event, self.version
+                )
+            return handle, False
         with SetWorkflowID(run_id):
             handle = await DBOS.start_workflow_async(self.run_function, start_event, self.version)
         return handle, True
+
+    async def _check_queue(self) -> None:
+        assert self.queue is not None
+        if await DBOS.retrieve_queue_async(self.queue) is None:
+            raise QueueNotFoundError(
+                f"Durable workflow {self.name!r} submits its runs to DBOS queue "
+                f"{self.queue!r}, which is not registered in this system database, so no "
+                f"worker would ever run them. After DBOS.launch(), register it: "
+                f"DBOS.register_queue({self.queue!r}, worker_concurrency=..., "
+                "global_concurrency=...)."
+            )
 
     def error_no_start_event(self) -> Exception:
         return WorkflowRuntimeError(
@@ -235,7 +263,10 @@ class Binding:
             invocation = Invocation(invocation_id)
             if rerun_of is not None:
                 invocation.recorded = await _recorded_calls(rerun_of)
-            await run_state(run_id).restore_state(workflow)
+            run = run_state(run_id)
+            await run.restore_state(workflow)
+            run.absorbed.add(invocation_id)  # its edits go straight into this store
+            run.local_steps += 1
             inv_token = _current_invocation.set(invocation)
             try:
                 inner = dbos_runtime.inner_step(workflow, step_name)
@@ -250,6 +281,10 @@ class Binding:
             finally:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)
+                run.local_steps -= 1
+                if run.local_steps == 0 and not run.executing and run.start_task is None:
+                    # A step recovered here while its run executes elsewhere.
+                    forget_run(run_id)
             return StepOutcome(
                 _storable_outputs(step_name, outputs), invocation.stream, invocation.state
             )
@@ -300,6 +335,8 @@ class Binding:
                     run.inflight.discard(invocation_id)
                     raise
             run.inflight.discard(invocation_id)
+            # The invocation may have run in another process (recovered elsewhere).
+            run.absorb(workflow, invocation_id, outcome.state)
             if outcome.stream and state.invocation_id is not None:
                 run.pending_stream[state.invocation_id] = outcome.stream
             return outcome.outputs

@@ -16,6 +16,7 @@ __all__ = [
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",
+    "QueueNotFoundError",
 ]
 
 
@@ -65,6 +66,10 @@ class RunFinishedError(DurableError):
 
 class EventNotAcceptedError(DurableError, TypeError):
     """No step of the run's workflow accepts this event type."""
+
+
+class QueueNotFoundError(DurableError, LookupError):
+    """A durable class submits its runs to a DBOS queue nobody has registered."""
 
 
 class StepFailedError(DurableError):
