@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,11 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def run_example(name: str, cwd: Path) -> str:
+def run_example(name: str, cwd: Path, **env: str) -> str:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / name)],
         cwd=cwd,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=180,
@@ -41,3 +43,12 @@ def test_human_in_the_loop_in_two_processes(tmp_path: Path) -> None:
     assert "run refund-7 is PENDING; answering 'yes'" in out
     assert "result: refund-7: refunded" in out
     assert out.count("computing the refund") == 1
+
+
+def test_workers_on_postgres(tmp_path: Path, pg_database) -> None:
+    out = run_example("workers.py", tmp_path, DBOS_LLAMA_DB=pg_database())
+    assert "worker w1 killed (SIGKILL) with runs in flight; restarting it as w1" in out
+    assert "20 runs finished: {" in out  # how they split between w1 and w2 varies
+    for i in range(20):
+        assert f"doc-{i}: 'summary of the text of doc-{i}' by w" in out
+    assert "external calls executed: " in out and " for 40 distinct calls" in out

@@ -1,0 +1,189 @@
+"""Several worker processes sharing one PostgreSQL database; runs go through a DBOS queue.
+
+The whole story in one command (two workers, 20 runs, one worker killed with SIGKILL
+while it has runs in flight, then restarted with the same executor ID):
+
+    python examples/workers.py demo
+
+Or by hand, each in its own terminal (same database URL everywhere):
+
+    export DBOS_LLAMA_DB=postgresql://postgres@127.0.0.1:5432/dbos_llama_workers
+    python examples/workers.py worker w1
+    python examples/workers.py worker w2
+    python examples/workers.py submit 20
+    # kill -9 one worker. Restart it with the same ID and it resumes its runs, or
+    # hand its runs to the live workers:
+    python examples/workers.py take-over w2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from dbos import DBOS
+from workflows import Workflow, step
+from workflows.events import Event, StartEvent, StopEvent
+
+from dbos_llama import DurableClient, durable, durable_step
+
+DB_URL = os.environ.get("DBOS_LLAMA_DB", "postgresql://postgres@127.0.0.1:5432/dbos_llama_workers")
+#: The DBOS queue the workers take runs from, and its limits.
+QUEUE = "documents"
+WORKER_CONCURRENCY = 4  # runs at once in each worker process
+GLOBAL_CONCURRENCY = 6  # runs at once across all workers
+#: Every process of the deployment sets the same DBOS application version: DBOS hands
+#: queued and recovered runs only to processes of the version that recorded them.
+#: (dbos_llama checks each workflow class's own step code by itself.)
+APP_VERSION = "workers-example-1"
+LEDGER = Path(os.environ.get("EXAMPLE_LEDGER", "ledger.txt"))
+
+
+def record(call: str) -> None:
+    """The side effect of an external call: one ledger line per execution."""
+    with LEDGER.open("a") as f:
+        f.write(f"{DBOS.executor_id} {os.getpid()} {call}\n")
+
+
+@durable_step
+async def fetch_document(doc: str) -> str:
+    record(f"fetch_document({doc})")
+    await asyncio.sleep(0.3)  # a slow download
+    return f"the text of {doc}"
+
+
+@durable_step(max_attempts=3)
+async def call_model(text: str) -> str:
+    record(f"call_model({text})")
+    await asyncio.sleep(0.3)  # a paid LLM call
+    return f"summary of {text}"
+
+
+class Fetched(Event):
+    doc: str
+    text: str
+
+
+@durable(name="summaries", queue=QUEUE)  # runs are submitted to the queue
+class Summaries(Workflow):
+    @step
+    async def fetch(self, ev: StartEvent) -> Fetched:
+        return Fetched(doc=ev.doc, text=await fetch_document(ev.doc))
+
+    @step
+    async def summarize(self, ev: Fetched) -> StopEvent:
+        summary = await call_model(ev.text)
+        return StopEvent(result={"doc": ev.doc, "summary": summary, "worker": DBOS.executor_id})
+
+
+def configure(executor_id: str | None = None) -> None:
+    config = {
+        "name": "workers-example",
+        "system_database_url": DB_URL,
+        "application_version": APP_VERSION,
+        "log_level": "WARNING",
+    }
+    if executor_id is not None:
+        config["executor_id"] = executor_id  # the worker's identity, for recovery
+    DBOS(config=config)
+
+
+async def worker(executor_id: str) -> None:
+    """A worker: resumes its own unfinished runs, then takes runs from the queue."""
+    configure(executor_id)
+    DBOS.launch()  # in the running loop: resumed runs execute on it
+    await DBOS.register_queue_async(
+        QUEUE,
+        worker_concurrency=WORKER_CONCURRENCY,
+        global_concurrency=GLOBAL_CONCURRENCY,
+        polling_interval_sec=0.2,
+    )
+    print(f"worker {executor_id} ready (pid {os.getpid()})", flush=True)
+    await asyncio.Event().wait()
+
+
+async def submit(count: int) -> None:
+    """Submit ``count`` runs and wait for their results; execute none here."""
+    configure()
+    DBOS.listen_queues([])  # a submitter, not a worker: dequeue nothing
+    DBOS.launch()
+    batch = uuid.uuid4().hex[:6]
+    summaries = Summaries(timeout=None)
+    handlers = [summaries.run(run_id=f"doc-{batch}-{i}", doc=f"doc-{i}") for i in range(count)]
+    print(f"submitted {count} runs (doc-{batch}-0 ... doc-{batch}-{count - 1})", flush=True)
+    results = await asyncio.gather(*handlers)
+    for result in results:
+        print(f"  {result['doc']}: {result['summary']!r} by {result['worker']}")
+    per_worker = Counter(r["worker"] for r in results)
+    print(f"{len(results)} runs finished: {dict(sorted(per_worker.items()))}", flush=True)
+    DBOS.destroy()
+
+
+async def take_over(executor_id: str) -> None:
+    """Hand the unfinished runs of a dead worker to the live ones."""
+    async with DurableClient(DB_URL) as client:
+        taken = await client.take_over(executor_id)
+    print(f"took over {len(taken)} runs of {executor_id}: {taken}")
+
+
+def demo() -> None:
+    """Two workers, 20 runs, one worker killed mid-run and restarted."""
+    LEDGER.unlink(missing_ok=True)
+    env = {**os.environ, "DBOS_LLAMA_DB": DB_URL, "EXAMPLE_LEDGER": str(LEDGER.resolve())}
+
+    def start_worker(executor_id: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "worker", executor_id],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        print(proc.stdout.readline().strip(), flush=True)
+        return proc
+
+    print(f"System database: {DB_URL}")
+    workers = {"w1": start_worker("w1"), "w2": start_worker("w2")}
+    submitter = subprocess.Popen([sys.executable, __file__, "submit", "20"], env=env)
+    try:
+        while sum(" w1 " in f" {line}" for line in _ledger()) < 6:
+            time.sleep(0.05)
+        workers["w1"].send_signal(signal.SIGKILL)
+        workers["w1"].wait()
+        print("worker w1 killed (SIGKILL) with runs in flight; restarting it as w1", flush=True)
+        workers["w1"] = start_worker("w1")
+        submitter.wait(timeout=300)
+    finally:
+        for proc in workers.values():
+            proc.kill()
+    calls = Counter(line.split(" ", 2)[2] for line in _ledger())
+    repeated = sorted(c for c, n in calls.items() if n > 1)
+    print(f"external calls executed: {sum(calls.values())} for {len(calls)} distinct calls")
+    print(f"executed more than once: {repeated or 'none'}")
+    print("(only a call that was in flight when w1 died may run again; none that completed)")
+    sys.exit(submitter.returncode)
+
+
+def _ledger() -> list[str]:
+    return LEDGER.read_text().splitlines() if LEDGER.exists() else []
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:] or ["demo"]
+    if command == "worker":
+        asyncio.run(worker(args[0]))
+    elif command == "submit":
+        asyncio.run(submit(int(args[0]) if args else 20))
+    elif command == "take-over":
+        asyncio.run(take_over(args[0]))
+    elif command == "demo":
+        demo()
+    else:
+        sys.exit(__doc__)
