@@ -24,6 +24,7 @@ from .errors import (
     DuplicateNameError,
     DurableDefinitionError,
     DurableError,
+    EventDecodeError,
     EventNotAcceptedError,
     NotAWorkflowError,
     NotSerializableError,
@@ -31,6 +32,7 @@ from .errors import (
     RunFinishedError,
     RunNotFoundError,
     StepFailedError,
+    StepNotFoundError,
     UnstableNameError,
     VersionMismatchError,
     WorkflowNotRegisteredError,
@@ -65,5 +67,7 @@ __all__ = [
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",
+    "StepNotFoundError",
+    "EventDecodeError",
     "__version__",
 ]

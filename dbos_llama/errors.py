@@ -16,6 +16,8 @@ __all__ = [
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",
+    "StepNotFoundError",
+    "EventDecodeError",
 ]
 
 
@@ -65,6 +67,15 @@ class RunFinishedError(DurableError):
 
 class EventNotAcceptedError(DurableError, TypeError):
     """No step of the run's workflow accepts this event type."""
+
+
+class StepNotFoundError(DurableError, LookupError):
+    """The run has no recorded invocation of this step (e.g. to fork from)."""
+
+
+class EventDecodeError(DurableError, ValueError):
+    """JSON given for an event does not name an importable event class, or its data
+    does not validate against that class."""
 
 
 class StepFailedError(DurableError):
