@@ -130,8 +130,10 @@ def list_runs(
         str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow name.")
     ] = None,
     status: Annotated[
-        str | None,
-        typer.Option("--status", "-s", help="Only runs with this status (PENDING, SUCCESS, ...)."),
+        list[str] | None,
+        typer.Option(
+            "--status", "-s", help="Only runs with this status (PENDING, SUCCESS, ...); repeatable."
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -146,7 +148,7 @@ def list_runs(
         db,
         lambda c: c.list_runs(
             workflow=workflow,
-            status=status.upper() if status else None,
+            status=[s.upper() for s in status] if status else None,
             limit=limit,
             since=after,
         ),

@@ -160,12 +160,12 @@ class DurableClient:
     async def list_runs(
         self,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | list[str] | None = None,
         limit: int | None = None,
         since: datetime | timedelta | None = None,
     ) -> list[RunInfo]:
-        """Durable runs, newest first: optionally of one workflow, of one status,
-        and started at or after ``since`` (a time, or an age such as
+        """Durable runs, newest first: optionally of one workflow, of one status (or
+        any of several), and started at or after ``since`` (a time, or an age such as
         ``timedelta(hours=1)``).
 
         Example:

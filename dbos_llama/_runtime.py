@@ -118,6 +118,9 @@ class RunState:
     events: list[Event] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     executing: bool = False
+    # True when this process is starting the run's DBOS workflow itself (not
+    # recovering, resuming or dequeuing a fork of it).
+    fresh: bool = False
     # True when this process started the run (so it saw every event it published).
     started_here: bool = False
     # Stream events of finished step invocations, by upstream invocation ID, until

@@ -186,6 +186,7 @@ class Binding:
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
             return await DBOS.retrieve_workflow_async(run_id), False
+        run_state(run_id).fresh = True  # its body needs no recorded-version lookup
         with SetWorkflowID(run_id), SetWorkflowAttributes({_naming.VERSION_ATTR: self.version}):
             handle = await DBOS.start_workflow_async(self.run_function, start_event, self.version)
         return handle, True
@@ -204,9 +205,9 @@ class Binding:
             run_id = DBOS.workflow_id
             assert run_id is not None
             run = run_state(run_id)
-            if run.start_task is None:
-                # Recovered, resumed or forked (not started by this process): the
-                # version may come from a fork onto other code.
+            if not run.fresh:
+                # Recovered, resumed or forked (not started just now by this
+                # process): a fork onto other code carries its version.
                 version = await binding.recorded_version(run_id, version)
             await binding.hold_if_other_version(run_id, version)
             workflow = await binding.instance_for(run_id)
