@@ -421,6 +421,7 @@ FLOWS = {
     "outer": Outer,
 }
 
+
 class EvolvingBase(Workflow):
     """Steps one and three of the "evolving" workflow; tests/evolving_v1.py and
     evolving_v2.py each add their own step two (a deploy that edits one step)."""

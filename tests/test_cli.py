@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dbos_llama import DurableClient, RunInfo
 from tests.conftest import ROOT, read_log, run_driver, snapshot
 from tests.test_crash_recovery import CHAIN_KWARGS, CHAIN_RESULT
 
@@ -62,8 +64,17 @@ def test_list_shows_runs_newest_first_with_filters(runs: tuple[str, Path]) -> No
     assert created == sorted(created, reverse=True)
     # (hitl-1 is ENQUEUED: the process that made hitl-2 queued it for recovery, then exited)
     waiting = cli_json(
-        db, "runs", "list", "-s", "pending", "-s", "enqueued", "-w", "tests.flows.Approval",
-        "--since", "1h",
+        db,
+        "runs",
+        "list",
+        "-s",
+        "pending",
+        "-s",
+        "enqueued",
+        "-w",
+        "tests.flows.Approval",
+        "--since",
+        "1h",
     )
     assert {r["run_id"] for r in waiting} == {"hitl-1", "hitl-2"}
     assert all(r["version"] and r["waiting_for_version"] is None for r in waiting)
@@ -75,7 +86,9 @@ def test_show_gives_the_step_timeline_with_durable_calls(runs: tuple[str, Path])
     assert shown["status"] == "SUCCESS" and shown["workflow"] == "tests.flows.Chain3"
     steps = shown["steps"]
     assert [s["step"] for s in steps] == ["one", "two", "three"]
-    assert [s["invocation_id"] for s in steps] == ["order-1/one/0", "order-1/two/1", "order-1/three/2"]
+    assert [s["invocation_id"] for s in steps] == [
+        f"order-1/{n}" for n in ("one/0", "two/1", "three/2")
+    ]
     assert all(s["status"] == "SUCCESS" and s["duration"] is not None for s in steps)
     assert steps[1]["output"].startswith("TwoDone")
     assert [(c["name"], c["output"]) for c in steps[1]["calls"]] == [
@@ -84,11 +97,6 @@ def test_show_gives_the_step_timeline_with_durable_calls(runs: tuple[str, Path])
     ]
     table = cli(db, "runs", "show", "order-1").stdout
     assert "└ tests.flows.effect" in table and "three" in table
-
-    missing = cli(db, "runs", "show", "no-such-run", check=False)
-    assert missing.returncode == 1
-    assert "No durable run with ID 'no-such-run'" in missing.stderr
-    assert "Traceback" not in missing.stderr
 
 
 def test_events_lists_the_stored_stream(runs: tuple[str, Path]) -> None:
@@ -172,9 +180,6 @@ def test_fork_reexecutes_from_the_step_and_leaves_the_original(runs: tuple[str, 
         ("o1-fork/two/1", False),
         ("o1-fork/three/2", False),
     ]
-    assert [e["type"] for e in cli_json(db, "runs", "events", "o1-fork")] == [
-        "workflows.events.StopEvent"
-    ]
     # The original is untouched: same workflows, same statuses.
     after = {k: v for k, v in snapshot(db, "order-1").statuses.items() if "fork" not in k}
     assert after == before
@@ -182,7 +187,7 @@ def test_fork_reexecutes_from_the_step_and_leaves_the_original(runs: tuple[str, 
     unknown = cli(db, "runs", "fork", "order-1", "--from-step", "nine", check=False)
     assert unknown.returncode == 1
     assert "has no recorded invocation of step 'nine'" in unknown.stderr
-    assert "one, three, two" in unknown.stderr
+    assert "one, three, two" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_changed_step_code_is_not_replayed_then_fork_or_old_worker(tmp_path: Path) -> None:
@@ -191,9 +196,7 @@ def test_changed_step_code_is_not_replayed_then_fork_or_old_worker(tmp_path: Pat
     crashed = run_driver(db, "evolving", "ev-1", {}, log, crash_at="evolving:two")
     assert crashed.returncode == 137
     # A deploy with step two edited: the run is recovered, but not replayed.
-    held = run_driver(
-        db, "evolving", "-", {}, log, extra_env={**v2, "DBOS_LLAMA_LAUNCH_ONLY": "3"}
-    )
+    held = run_driver(db, "evolving", "-", {}, log, extra_env={**v2, "DBOS_LLAMA_LAUNCH_ONLY": "3"})
     assert held.returncode == 0, held.stderr
     assert "'ev-1' of durable workflow 'tests.evolving' was recorded by code version" in (
         held.stderr
@@ -216,8 +219,13 @@ def test_changed_step_code_is_not_replayed_then_fork_or_old_worker(tmp_path: Pat
     lines = read_log(log)
     assert lines["effect:ev-one"] == 1  # step one ran once; the fork reused it
     assert lines["effect:ev-two-v2"] == 1
-    (finished,) = [r for r in cli_json(db, "runs", "list") if r["run_id"] == "ev-1"]
-    assert finished["status"] == "SUCCESS" and finished["waiting_for_version"] is None
+
+    async def original() -> RunInfo:
+        async with DurableClient(db) as client:
+            return await client.get_run("ev-1")
+
+    finished = asyncio.run(original())
+    assert finished.status == "SUCCESS" and finished.held_by_version is None
 
 
 def test_fork_and_show_on_postgres(pg_database, tmp_path: Path) -> None:
