@@ -18,6 +18,7 @@ Example:
 from ._client import DurableClient, RunInfo
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
+from ._event_json import event_from_json
 from ._registry import install_log_filters as _install_log_filters
 from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
 from .errors import (
@@ -52,6 +53,7 @@ __all__ = [
     "current_run_id",
     "DurableClient",
     "RunInfo",
+    "event_from_json",
     "DBOSRuntime",
     "dbos_runtime",
     "DurableError",

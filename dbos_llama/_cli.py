@@ -99,9 +99,8 @@ def _seconds(duration: float | None) -> str:
 
 
 def _status(run: RunInfo) -> str:
-    waiting = run.waiting_for_version
-    if waiting is not None:
-        return f"{run.status} · waiting for version {waiting} (held by {run.held_by_version})"
+    if run.waiting_for_version is not None:
+        return f"{run.status} (waiting for its version)"
     return run.status
 
 
@@ -158,7 +157,7 @@ def list_runs(
         return
     table = Table(box=None, header_style="bold")
     for column in ("RUN ID", "WORKFLOW", "STATUS", "VERSION", "CREATED", "FORKED FROM"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column not in ("WORKFLOW", "FORKED FROM"))
     for r in found:
         forked = f"{r.forked_from} @ {r.forked_from_step}" if r.forked_from else ""
         table.add_row(
@@ -184,6 +183,12 @@ def show(run_id: RunId, db: Db, as_json: AsJson = False) -> None:
     out.print(f"[bold]Status[/bold] {_status(run)}  [bold]version[/bold] {run.version or '?'}")
     created, updated = _time(run.created_at), _time(run.updated_at)
     out.print(f"[bold]Created[/bold] {created}  [bold]updated[/bold] {updated}")
+    if run.waiting_for_version:
+        out.print(
+            f"[bold]Held[/bold] by a worker running version {run.held_by_version}: finish it "
+            f"with a worker running {run.waiting_for_version}, or fork it onto the new code "
+            f"(runs fork {run.run_id} --from-step STEP --version {run.held_by_version})"
+        )
     if run.forked_from:
         out.print(f"[bold]Forked from[/bold] {run.forked_from} at step {run.forked_from_step}")
     if run.error:

@@ -345,7 +345,8 @@ class DurableClient:
             except dbos_error.DBOSException:
                 raise
             except Exception as error:  # the value's class is not importable here
-                yield StreamEntry(offset, None, f"{type(error).__name__}: {error}")
+                why = f"not readable here ({type(error).__name__}: {error})"
+                yield StreamEntry(offset, None, why)
                 offset += 1
             finally:
                 await values.aclose()

@@ -43,7 +43,7 @@ def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
         return UNREADABLE
     if isinstance(value, BaseModel):
         try:
-            data = json.dumps(value.model_dump(mode="json"), default=str)
+            data = json.dumps(_fields_of(value), default=str)
         except Exception:  # a model with fields JSON cannot show
             data = repr(value)
         text = f"{type(value).__name__} {data}"
@@ -54,13 +54,21 @@ def summarize(value: Any, width: int = SUMMARY_WIDTH) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _fields_of(model: BaseModel) -> Any:
+    """A model's fields as JSON data; an event's free-form fields (kept by
+    llama-index events under ``_data``) appear as ordinary fields."""
+    data = model.model_dump(mode="json")
+    extra = data.pop("_data", None) if isinstance(data, dict) else None
+    return {**data, **extra} if isinstance(extra, dict) else data
+
+
 def jsonable(value: Any) -> Any:
     """A JSON-compatible rendering of a recorded value (for ``--json`` output)."""
     if unreadable(value):
         return {"unreadable": UNREADABLE}
     if isinstance(value, BaseModel):
         try:
-            data = value.model_dump(mode="json")
+            data = _fields_of(value)
         except Exception:
             data = repr(value)
         cls = type(value)

@@ -15,8 +15,8 @@ from dbos_llama import (
     RunConflictError,
     RunNotFoundError,
     StepNotFoundError,
+    event_from_json,
 )
-from dbos_llama._event_json import event_from_json
 from tests.conftest import dbos_config
 from tests.flows import Progress, Streamer, Tally
 
