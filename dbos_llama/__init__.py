@@ -18,12 +18,14 @@ Example:
 from ._client import DurableClient, RunInfo
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
+from ._event_json import event_from_json
 from ._registry import install_log_filters as _install_log_filters
 from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
 from .errors import (
     DuplicateNameError,
     DurableDefinitionError,
     DurableError,
+    EventDecodeError,
     EventNotAcceptedError,
     NotAWorkflowError,
     NotSerializableError,
@@ -32,6 +34,7 @@ from .errors import (
     RunFinishedError,
     RunNotFoundError,
     StepFailedError,
+    StepNotFoundError,
     UnstableNameError,
     VersionMismatchError,
     WorkflowNotRegisteredError,
@@ -51,6 +54,7 @@ __all__ = [
     "current_run_id",
     "DurableClient",
     "RunInfo",
+    "event_from_json",
     "DBOSRuntime",
     "dbos_runtime",
     "DurableError",
@@ -67,5 +71,7 @@ __all__ = [
     "RunFinishedError",
     "EventNotAcceptedError",
     "QueueNotFoundError",
+    "StepNotFoundError",
+    "EventDecodeError",
     "__version__",
 ]

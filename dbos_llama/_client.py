@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient
+from dbos import DBOSClient, SetWorkflowID
 from dbos import error as dbos_error
 from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
@@ -18,10 +20,19 @@ from workflows.runtime.types.step_id import StepId
 from workflows.runtime.types.ticks import TickAddEvent
 
 from . import _naming, _registry
+from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
 from ._serialization import ensure_serializable
-from ._state import patches_of, rebuild_payload
+from ._state import patches_of, rebuild_payload, successful_invocations
 from ._upstream import class_accepted_events
-from .errors import EventNotAcceptedError, RunFinishedError, RunNotFoundError
+from .errors import (
+    EventNotAcceptedError,
+    RunConflictError,
+    RunFinishedError,
+    RunNotFoundError,
+)
+
+#: How often a reader of a live stream polls (SQLite; PostgreSQL is notified).
+STREAM_POLLING_INTERVAL_SEC = 0.1
 
 #: DBOS statuses of a run that has ended.
 TERMINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
@@ -39,14 +50,34 @@ class RunInfo:
     created_at: datetime | None
     updated_at: datetime | None
     error: str | None = None
+    #: The code version the run is recorded under (None for runs older than 0.1).
+    version: str | None = None
+    #: Set while the run is held: a worker running this other code version refused
+    #: to replay it, so it waits for a worker of its own version (or a fork).
+    held_by_version: str | None = None
+    #: The run this one was forked from, and the step it re-executed from.
+    forked_from: str | None = None
+    forked_from_step: str | None = None
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def waiting_for_version(self) -> str | None:
+        """The code version this PENDING run waits for, if a worker of another
+        version held it."""
+        if self.held_by_version is None or self.finished:
+            return None
+        return self.version
 
-def _when(epoch_ms: int | None) -> datetime | None:
-    return None if epoch_ms is None else datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible fields (times as ISO 8601)."""
+        data = asdict(self)
+        data["created_at"] = None if self.created_at is None else self.created_at.isoformat()
+        data["updated_at"] = None if self.updated_at is None else self.updated_at.isoformat()
+        data["waiting_for_version"] = self.waiting_for_version
+        return data
 
 
 def _info(status: Any) -> RunInfo | None:
@@ -54,14 +85,36 @@ def _info(status: Any) -> RunInfo | None:
     name = status.name or ""
     if not name.startswith(_naming.NAME_PREFIX) or "/" in name[len(_naming.NAME_PREFIX) :]:
         return None
+    attributes = status.attributes if isinstance(status.attributes, dict) else {}
+    held = attributes.get(_naming.HELD_ATTR)
     return RunInfo(
         run_id=status.workflow_id,
         workflow=name[len(_naming.NAME_PREFIX) :],
         status=status.status,
-        created_at=_when(status.created_at),
-        updated_at=_when(status.updated_at),
+        created_at=when(status.created_at),
+        updated_at=when(status.updated_at),
         error=None if status.error is None else f"{type(status.error).__name__}: {status.error}",
+        version=attributes.get(_naming.VERSION_ATTR),
+        held_by_version=held.get("worker_version") if isinstance(held, dict) else None,
+        forked_from=status.forked_from,
+        forked_from_step=attributes.get(_naming.FORK_STEP_ATTR),
     )
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One value of a run's stream: the event, or why it cannot be read here."""
+
+    offset: int
+    event: Any
+    #: Set when the value cannot be deserialized in this process (its class is
+    #: not importable here); ``event`` is None then.
+    unreadable: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.unreadable is not None:
+            return {"offset": self.offset, "unreadable": self.unreadable}
+        return {"offset": self.offset, **jsonable(self.event)}
 
 
 class DurableClient:
@@ -107,16 +160,114 @@ class DurableClient:
     async def list_runs(
         self,
         workflow: str | None = None,
-        status: str | None = None,
+        status: str | list[str] | None = None,
         limit: int | None = None,
+        since: datetime | timedelta | None = None,
     ) -> list[RunInfo]:
-        """Durable runs, newest first, optionally of one workflow and/or one status."""
+        """Durable runs, newest first: optionally of one workflow, of one status (or
+        any of several), and started at or after ``since`` (a time, or an age such as
+        ``timedelta(hours=1)``).
+
+        Example:
+            ```python
+            held = [r for r in await client.list_runs(status="PENDING") if r.waiting_for_version]
+            ```
+        """
         names = _naming.run_workflow_name(workflow) if workflow is not None else None
+        if isinstance(since, timedelta):
+            since = datetime.now(timezone.utc) - since
         found = await self._dbos.list_workflows_async(
-            name=names, status=status, sort_desc=True, load_output=False, load_input=False
+            name=names,
+            status=status,
+            start_time=since.isoformat() if since is not None else None,
+            sort_desc=True,
+            load_output=False,
+            load_input=False,
         )
         runs = [info for info in map(_info, found) if info is not None]
         return runs[:limit] if limit is not None else runs
+
+    async def steps(self, run_id: str) -> list[StepInvocationInfo]:
+        """The run's timeline: each step invocation in call order with its status,
+        start, duration and output summary, and the recorded calls inside it
+        (`@durable_step` calls, ``now()``, durable sleeps, ...). A fork lists the
+        reused invocations of the run it was forked from (``reused=True``).
+
+        Example:
+            ```python
+            for inv in await client.steps("order-42"):
+                print(inv.step, inv.status, inv.duration, [c.name for c in inv.calls])
+            ```
+        """
+        await self.get_run(run_id)
+        run_steps = await self._dbos.list_workflow_steps_async(run_id)
+        ids = sorted({r["child_workflow_id"] for r in run_steps if r["child_workflow_id"]})
+        statuses = {
+            s.workflow_id: s
+            for s in await self._dbos.list_workflows_async(
+                workflow_ids=ids, load_input=False, load_output=False
+            )
+        }
+        inner = {i: await self._dbos.list_workflow_steps_async(i) for i in ids}
+        return timeline(run_id, run_steps, statuses, inner)
+
+    async def fork(
+        self,
+        run_id: str,
+        from_step: str,
+        *,
+        new_run_id: str | None = None,
+        version: str | None = None,
+    ) -> str:
+        """Start a new run that reuses every result ``run_id`` recorded before step
+        ``from_step`` and executes that step and everything after it again, like
+        restarting from a checkpoint. Returns the new run's ID.
+
+        ``from_step`` is a step name (its first invocation) or ``step/N`` (the
+        invocation numbered N in `steps`). The fork has its own ID, children and
+        stream (holding the reused steps' events, as an uninterrupted run would);
+        its state starts from the edits of the reused steps; the original run is
+        not changed. ``version`` runs the fork under another code version (a run
+        held for an old version continues on the new code this way); by default it
+        keeps the original's version. A worker with the code executes it.
+
+        Example:
+            ```python
+            new_id = await client.fork("order-42", from_step="charge", version="v2")
+            print(await client.get_result(new_id))
+            ```
+        """
+        info = await self.get_run(run_id)
+        run_steps = await self._dbos.list_workflow_steps_async(run_id, load_output=False)
+        start_step = fork_point(run_steps, run_id, from_step)
+        new_id = new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:6]}"
+        if await self._dbos.list_workflows_async(
+            workflow_ids=[new_id], load_input=False, load_output=False
+        ):
+            raise RunConflictError(
+                f"Run ID {new_id!r} is already used. Choose another ID for the fork."
+            )
+        original = (
+            await self._dbos.list_workflows_async(
+                workflow_ids=[run_id], load_input=False, load_output=False
+            )
+        )[0]
+        # Parked on a queue no worker reads until its attributes say which step it
+        # re-executes from and which version it runs under; then released.
+        with SetWorkflowID(new_id):
+            await self._dbos.fork_workflow_async(
+                run_id,
+                start_step,
+                # Same-version forks go where the original's code runs; a fork onto
+                # other code to workers of the latest application version.
+                application_version=original.app_version if version is None else None,
+                queue_name=_naming.FORK_PARKING_QUEUE,
+            )
+        attributes: dict[str, Any] = {_naming.FORK_STEP_ATTR: from_step, _naming.HELD_ATTR: None}
+        attributes[_naming.VERSION_ATTR] = version if version is not None else info.version
+        await self._dbos.update_workflow_attributes_async(new_id, attributes, merge=True)
+        await self._dbos.resume_workflow_async(new_id)
+        return new_id
 
     async def get_result(self, run_id: str, polling_interval_sec: float = 0.1) -> Any:
         """Wait for the run to end and return its result (``StopEvent.result``).
@@ -160,11 +311,45 @@ class DurableClient:
             run_id, TickAddEvent(event=event, step_id=step_id), _naming.TICK_TOPIC
         )
 
-    async def read_stream(self, run_id: str, offset: int = 0) -> AsyncIterator[Event]:
-        """The run's stored event stream from ``offset``, live until the run ends."""
+    async def read_stream(
+        self, run_id: str, offset: int = 0, follow: bool = True
+    ) -> AsyncIterator[Event]:
+        """The run's stored event stream from ``offset``: live until the run ends,
+        or (``follow=False``) only what is stored now."""
+        async for entry in self.stream_entries(run_id, offset, follow):
+            if entry.unreadable is not None:
+                raise TypeError(f"Stream value {entry.offset} of {run_id!r}: {entry.unreadable}")
+            yield entry.event
+
+    async def stream_entries(
+        self, run_id: str, offset: int = 0, follow: bool = True
+    ) -> AsyncIterator[StreamEntry]:
+        """Like `read_stream`, with offsets, and going past values whose class cannot
+        be imported here (reported as unreadable) instead of failing on them."""
         await self.get_run(run_id)
-        async for event in self._dbos.read_stream_async(run_id, _naming.STREAM_KEY, offset=offset):
-            yield event
+        while True:
+            values = self._dbos.read_stream_async(
+                run_id,
+                _naming.STREAM_KEY,
+                offset=offset,
+                polling_interval_sec=STREAM_POLLING_INTERVAL_SEC,
+                timeout_seconds=None if follow else 0.0,
+            )
+            try:
+                async for event in values:
+                    yield StreamEntry(offset, event)
+                    offset += 1
+                return
+            except dbos_error.DBOSStreamTimeoutError:
+                return  # not following: everything stored so far was read
+            except dbos_error.DBOSException:
+                raise
+            except Exception as error:  # the value's class is not importable here
+                why = f"not readable here ({type(error).__name__}: {error})"
+                yield StreamEntry(offset, None, why)
+                offset += 1
+            finally:
+                await values.aclose()
 
     async def get_state(self, run_id: str) -> Any:
         """The run's ``ctx.store`` state as its completed steps left it.
@@ -173,9 +358,7 @@ class DurableClient:
         workflow with ``Context[MyState]`` (its class must be importable here).
         """
         info = await self.get_run(run_id)
-        children = await self._dbos.list_workflows_async(
-            parent_workflow_id=run_id, status="SUCCESS", load_input=False
-        )
+        children = await asyncio.to_thread(successful_invocations, self._dbos, run_id)
         binding = _registry.lookup(info.workflow)
         state_type: type[BaseModel] = DictState
         if binding is not None and binding.instance is not None:

@@ -18,6 +18,15 @@ NEXT_STEP = "dbos_llama.next"
 CLOCK_STEP = "dbos_llama.clock"
 #: Key of the DBOS stream (on the run's workflow) holding the run's published events.
 STREAM_KEY = "dbos_llama.events"
+#: Workflow attribute (JSON, on the run's DBOS status) holding the run's code version.
+#: A fork onto other code carries the version it runs under here.
+VERSION_ATTR = "dbos_llama.version"
+#: Workflow attribute set while a worker holds the run because its code version differs.
+HELD_ATTR = "dbos_llama.held"
+#: Workflow attribute of a fork: the step it re-executes from.
+FORK_STEP_ATTR = "dbos_llama.forked_from_step"
+#: DBOS queue no worker listens to: a fork waits there until its attributes are set.
+FORK_PARKING_QUEUE = "dbos_llama.fork-parking"
 
 
 def derive_name(cls: type) -> str:
@@ -49,6 +58,20 @@ def step_workflow_name(name: str, step: str) -> str:
 def step_invocation_id(run_id: str, step: str, number: int) -> str:
     """Deterministic DBOS workflow ID of the ``number``-th step invocation of a run."""
     return f"{run_id}/{step}/{number}"
+
+
+def parse_step_workflow_name(dbos_name: str) -> tuple[str, str] | None:
+    """``(workflow name, step)`` of a step invocation's DBOS workflow name, else None."""
+    if not dbos_name.startswith(NAME_PREFIX):
+        return None
+    name, sep, step = dbos_name[len(NAME_PREFIX) :].rpartition("/")
+    return (name, step) if sep and name and step else None
+
+
+def invocation_number(invocation_id: str) -> int | None:
+    """The ``n`` of a step invocation ID ``<run_id>/<step>/<n>``."""
+    tail = invocation_id.rpartition("/")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def send_idempotency_key(invocation_id: str, number: int) -> str:

@@ -123,6 +123,9 @@ class RunState:
     executing: bool = False
     # Step invocations of the run executing in this process right now.
     local_steps: int = 0
+    # True when this process is starting the run's DBOS workflow itself (not
+    # recovering, resuming or dequeuing a fork of it).
+    fresh: bool = False
     # True when this process started the run (so it saw every event it published).
     started_here: bool = False
     # Stream events of finished step invocations, by upstream invocation ID, until
@@ -151,7 +154,12 @@ class RunState:
             if not self.state_restored:
                 completed = await completed_steps(self.run_id)
                 self.store_for(workflow).restore(patches_of(completed))
-                self.absorbed.update(c.workflow_id for c in completed)
+                for child in completed:
+                    self.absorbed.add(child.workflow_id)
+                    # A fork replays the invocations it reuses under its own IDs.
+                    parent = child.parent_workflow_id
+                    if parent and parent != self.run_id:
+                        self.absorbed.add(self.run_id + child.workflow_id[len(parent) :])
                 self.state_restored = True
 
     def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:

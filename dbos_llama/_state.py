@@ -125,11 +125,42 @@ async def completed_steps(run_id: str) -> list[Any]:
     """The DBOS statuses (with outputs) of a run's completed step invocations."""
     from ._runtime import outside_workflow
 
-    return await outside_workflow(
-        functools.partial(
-            DBOS.list_workflows, parent_workflow_id=run_id, status="SUCCESS", load_input=False
+    return await outside_workflow(functools.partial(successful_invocations, DBOS, run_id))
+
+
+def successful_invocations(api: Any, run_id: str, load_output: bool = True) -> list[Any]:
+    """DBOS statuses of the step invocations of ``run_id`` that completed.
+
+    ``api`` is `DBOS` or a `DBOSClient`. A fork's reused invocations belong to the
+    run it was forked from: they are found through the fork's copied call records.
+    """
+    children = list(
+        api.list_workflows(
+            parent_workflow_id=run_id,
+            status="SUCCESS",
+            load_input=False,
+            load_output=load_output,
         )
     )
+    found = api.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
+    if found and found[0].forked_from is not None:
+        reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
+        if reused:
+            children += api.list_workflows(
+                workflow_ids=reused, status="SUCCESS", load_input=False, load_output=load_output
+            )
+    return children
+
+
+def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
+    """Step invocations a fork's copied records call that belong to another run."""
+    own = f"{run_id}/"
+    ids: list[str] = []
+    for row in run_steps:
+        child = row["child_workflow_id"]
+        if child is not None and not child.startswith(own) and child not in ids:
+            ids.append(child)
+    return ids
 
 
 def patches_of(children: list[Any]) -> list[Patch]:

@@ -8,10 +8,11 @@ import functools
 import hashlib
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS, SetWorkflowAttributes, SetWorkflowID
 from dbos import error as dbos_error
 from workflows.errors import WorkflowCancelledByUser, WorkflowRuntimeError
 from workflows.events import Event, StartEvent, StopEvent
@@ -61,6 +62,18 @@ def code_version(cls: type[Workflow]) -> str:
         digest.update(name.encode())
         digest.update(step_source(cls, name).encode())
     return digest.hexdigest()[:16]
+
+
+async def _mark_held(workflow_id: str, held: dict[str, Any] | None) -> None:
+    """Set (or, with None, clear) the "held for its version" mark of a workflow: an
+    attribute of its DBOS status, not part of its history."""
+    attributes = {_naming.HELD_ATTR: held}
+    update = DBOS.update_workflow_attributes
+    await outside_workflow(functools.partial(update, workflow_id, attributes, merge=True))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _needs_no_arguments(cls: type) -> bool:
@@ -138,18 +151,34 @@ class Binding:
         return self.instance
 
     async def hold_if_other_version(self, workflow_id: str, version: str) -> None:
-        """Never replay a run (or step invocation) recorded by other code: log and
-        leave it PENDING, for a worker with that code version to finish."""
+        """Never replay a run (or step invocation) recorded by other code: log, mark
+        it held (`runs list` shows it waiting for its version) and leave it PENDING,
+        for a worker with that code version to finish, or for a fork onto this one."""
         if version == self.version:
             return
         error = VersionMismatchError(
             f"{workflow_id!r} of durable workflow {self.name!r} was recorded by code "
             f"version {version!r}, but this process runs version {self.version!r}. It is "
             "not replayed against different code: finish it with a worker running the "
-            "old code (or pin @durable(version=...) if the change is compatible)."
+            "old code, or fork it onto this version (dbos-llama runs fork RUN_ID "
+            f"--from-step STEP --version {self.version}); pin @durable(version=...) if "
+            "the change is compatible."
         )
         logger.error("%s It stays PENDING.", error)
+        held = {"recorded_version": version, "worker_version": self.version, "at": _now_ms()}
+        await _mark_held(workflow_id, held)
         await asyncio.Event().wait()
+
+    async def recorded_version(self, run_id: str, input_version: str) -> str:
+        """The version a run not started by this process runs under: a fork onto
+        other code carries it in its attributes. Clears a stale "held" mark when this
+        worker takes the run."""
+        status = await outside_workflow(functools.partial(DBOS.get_workflow_status, run_id))
+        attributes = (status.attributes if status is not None else None) or {}
+        version = attributes.get(_naming.VERSION_ATTR) or input_version
+        if version == self.version and attributes.get(_naming.HELD_ATTR) is not None:
+            await _mark_held(run_id, None)
+        return str(version)
 
     # -- starting a run -------------------------------------------------------------
     async def start_run(self, run_id: str, start_event: StartEvent) -> tuple[Any, bool]:
@@ -166,15 +195,17 @@ class Binding:
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
             return await DBOS.retrieve_workflow_async(run_id), False
+        attributes = SetWorkflowAttributes({_naming.VERSION_ATTR: self.version})
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
             await self._check_queue()
-            with SetWorkflowID(run_id):
+            with SetWorkflowID(run_id), attributes:
                 handle = await DBOS.enqueue_workflow_async(
                     self.queue, self.run_function, start_event, self.version
                 )
             return handle, False
-        with SetWorkflowID(run_id):
+        run_state(run_id).fresh = True  # its body needs no recorded-version lookup
+        with SetWorkflowID(run_id), attributes:
             handle = await DBOS.start_workflow_async(self.run_function, start_event, self.version)
         return handle, True
 
@@ -202,9 +233,13 @@ class Binding:
         async def run_body(start_event: StartEvent, version: str) -> StopEvent:
             run_id = DBOS.workflow_id
             assert run_id is not None
+            run = run_state(run_id)
+            if not run.fresh:
+                # Recovered, resumed or forked (not started just now by this
+                # process): a fork onto other code carries its version.
+                version = await binding.recorded_version(run_id, version)
             await binding.hold_if_other_version(run_id, version)
             workflow = await binding.instance_for(run_id)
-            run = run_state(run_id)
             run.executing = True
             await run.start_clock()
             await run.restore_state(workflow)

@@ -17,6 +17,8 @@ __all__ = [
     "RunFinishedError",
     "EventNotAcceptedError",
     "QueueNotFoundError",
+    "StepNotFoundError",
+    "EventDecodeError",
 ]
 
 
@@ -70,6 +72,15 @@ class EventNotAcceptedError(DurableError, TypeError):
 
 class QueueNotFoundError(DurableError, LookupError):
     """A durable class submits its runs to a DBOS queue nobody has registered."""
+
+
+class StepNotFoundError(DurableError, LookupError):
+    """The run has no recorded invocation of this step (e.g. to fork from)."""
+
+
+class EventDecodeError(DurableError, ValueError):
+    """JSON given for an event does not name an importable event class, or its data
+    does not validate against that class."""
 
 
 class StepFailedError(DurableError):

@@ -8,6 +8,7 @@ DBOS_LLAMA_CRASH_AT equals ``label``.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import time
 
@@ -419,3 +420,25 @@ FLOWS = {
     "timed": Timed,
     "outer": Outer,
 }
+
+
+class EvolvingBase(Workflow):
+    """Steps one and three of the "evolving" workflow; tests/evolving_v1.py and
+    evolving_v2.py each add their own step two (a deploy that edits one step)."""
+
+    @step
+    async def one(self, ev: StartEvent) -> OneDone:
+        step_started()
+        return OneDone(acc=await effect("ev-one"))
+
+    @step
+    async def three(self, ev: TwoDone) -> StopEvent:
+        step_started()
+        return StopEvent(result=ev.acc + await effect("ev-three"))
+
+
+# The "evolving" workflow is defined twice, with different code in step ``two`` (an
+# edited deploy); DBOS_LLAMA_EVOLVING names the module a process runs.
+FLOWS["evolving"] = importlib.import_module(
+    os.environ.get("DBOS_LLAMA_EVOLVING", "tests.evolving_v1")
+).Evolving
