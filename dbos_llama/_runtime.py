@@ -115,6 +115,9 @@ class RunState:
     clock: float = 0.0
     _clock_offset: float = 0.0
     _resume_real_time: float | None = None
+    # True when this process started the run's clock for the first time (not a
+    # replay): no step of the run can have completed before.
+    brand_new: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -152,6 +155,10 @@ class RunState:
         if self._restore_lock is None:
             self._restore_lock = asyncio.Lock()
         async with self._restore_lock:
+            if not self.state_restored and self.brand_new:
+                # The run's clock was just started, not replayed: a brand-new run,
+                # so no step of it has completed yet.
+                self.state_restored = True
             if not self.state_restored:
                 completed = await completed_steps(self.run_id)
                 self.store_for(workflow).restore(patches_of(completed))
@@ -185,6 +192,7 @@ class RunState:
         # clock resumes where the last recorded decision left it, so the downtime
         # does not count as alive time (for `Workflow(timeout=...)`).
         self._resume_real_time = None if executed else started
+        self.brand_new = executed
 
     def live_clock(self) -> float:
         """The clock at a decision made now (not replayed)."""
