@@ -53,6 +53,8 @@ def dbos_config(url: str) -> dict[str, Any]:
         "notification_listener_polling_interval_sec": POLL,
         "application_version": "bench",
         "run_admin_server": False,
+        # DBOS's executor otherwise grows a thread for every concurrent blocking call.
+        "max_executor_threads": int(os.environ.get("BENCH_MAX_THREADS", "64")),
     }
 
 
