@@ -6,8 +6,6 @@ uninterrupted one. Every LLM and tool call appends a line to the side-effect log
 (``mark``) and passes a crash point (``maybe_crash``).
 """
 
-from __future__ import annotations
-
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
