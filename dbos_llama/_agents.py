@@ -283,12 +283,12 @@ async def _make_memory_durable(ctx: Any) -> None:
     memory = await ctx.store.get(MEMORY_KEY, default=None)
     if isinstance(memory, DurableMemory) or _current_run_id.get() is None:
         return
-    if isinstance(memory, ChatMemoryBuffer):
+    if isinstance(memory, ChatMemoryBuffer) and type(memory.chat_store) is SimpleChatStore:
         await ctx.store.set(MEMORY_KEY, DurableMemory.of(memory, MEMORY_KEY))
     elif memory is not None:
         logger.warning(
-            "The agent's memory (%s) is not a ChatMemoryBuffer: dbos_llama cannot journal "
-            "it, so a recovered run may miss messages of the conversation.",
+            "The agent's memory (%s) is not an in-memory ChatMemoryBuffer: dbos_llama does "
+            "not journal it, so a recovered run sees it as its store has it then.",
             type(memory).__name__,
         )
 

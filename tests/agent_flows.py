@@ -17,6 +17,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
+from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.tools import FunctionTool
@@ -121,6 +122,37 @@ class ScriptedLLM(FunctionCallingLLM):
         raise NotImplementedError
 
 
+class ScriptedReActLLM(CustomLLM):
+    """A deterministic text LLM for ReActAgent: turn ``n`` (observations seen) answers
+    ``script[n]`` in ReAct's Thought/Action/Answer format."""
+
+    script: list[str]
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="scripted-react")
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        turn = sum((m.content or "").count("Observation:") for m in messages if m.role != "system")
+        mark(f"llm:react:{turn}")
+        maybe_crash(f"llm:react:{turn}")
+        return ChatResponse(message=ChatMessage(role="assistant", content=self.script[turn]))
+
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> Any:
+        response = await self.achat(messages)
+
+        async def whole() -> AsyncGenerator[ChatResponse, None]:
+            yield response.model_copy(update={"delta": response.message.content})
+
+        return whole()
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
 # -- tools ---------------------------------------------------------------------------------
 def add(a: int, b: int) -> int:
     """Add two numbers."""
@@ -193,6 +225,17 @@ def calculator(streaming: bool = False) -> Any:
     )
 
 
+def react() -> Any:
+    llm = ScriptedReActLLM(
+        script=[
+            'Thought: I need to add first.\nAction: add\nAction Input: {"a": 1, "b": 2}',
+            'Thought: Now multiply.\nAction: multiply\nAction Input: {"a": 3, "b": 4}',
+            "Thought: I can answer without using any more tools.\nAnswer: 12",
+        ]
+    )
+    return DurableReActAgent(tools=[add, multiply], llm=llm, timeout=None)
+
+
 def team() -> Any:
     """Two agents: the triage agent hands off to the refunds agent, which asks a human."""
     triage = FunctionAgent(
@@ -235,6 +278,7 @@ def bad_tool_agent() -> Any:
 AGENT_FLOWS = {
     "agent-calc": calculator,
     "agent-calc-stream": lambda: calculator(streaming=True),
+    "agent-react": react,
     "agent-team": team,
     "agent-bad-tool": bad_tool_agent,
 }

@@ -109,6 +109,20 @@ def test_agent_survives_kill_after_llm_call_on_postgres(tmp_path: Path, pg_datab
     kill_and_recover_calculator(pg_database(), tmp_path, "agent-calc-stream", "after-llm:calc:2")
 
 
+def test_react_agent_survives_kill_between_tool_calls(tmp_path: Path, sqlite_url: str) -> None:
+    log = tmp_path / "effects.log"
+    crash = "tool:multiply:3*4"
+    first = run_driver(sqlite_url, "agent-react", "react-1", ASK, log, crash_at=crash)
+    assert first.returncode == 137, first.stderr
+    second = run_driver(sqlite_url, "agent-react", "react-1", ASK, log)
+    assert second.result == "12", second.stderr
+    lines = read_log(log)
+    assert_each_call_ran_once(lines, in_flight=crash)
+    assert {"llm:react:0", "llm:react:1", "llm:react:2", "tool:add:1+2"} <= set(lines)
+    calls = snapshot(sqlite_url, "react-1").completed_calls
+    assert len(calls["dbos_llama.llm.astream_chat"]) == 3
+
+
 def test_handoff_and_approval_across_restarts(tmp_path: Path, sqlite_url: str) -> None:
     """AgentWorkflow: triage hands off to refunds; killed right after the handoff; the
     refunds agent's approval tool waits for a human while no process runs."""
