@@ -209,13 +209,18 @@ class DurableMemory(ChatMemoryBuffer):
     the same conversation. Durable agent classes convert their memory to it."""
 
     _store_path: str | None = PrivateAttr(default=None)
+    # The memory it was made from (e.g. given with ``run(memory=...)``): it gets the
+    # same changes, in the process that runs the step, as it would without dbos_llama.
+    _origin: ChatMemoryBuffer | None = PrivateAttr(default=None)
 
     @classmethod
     def class_name(cls) -> str:
         return "DurableMemory"
 
     @classmethod
-    def of(cls, memory: ChatMemoryBuffer, store_path: str) -> DurableMemory:
+    def of(
+        cls, memory: ChatMemoryBuffer, store_path: str, origin: ChatMemoryBuffer | None = None
+    ) -> DurableMemory:
         """A durable copy of ``memory`` that journals itself under ``store_path``."""
         copy = cls(
             token_limit=memory.token_limit,
@@ -224,6 +229,7 @@ class DurableMemory(ChatMemoryBuffer):
             chat_store_key=memory.chat_store_key,
         )
         copy._store_path = store_path
+        copy._origin = origin
         return copy
 
     def to_dict(self, **kwargs: Any) -> dict[str, Any]:
@@ -258,25 +264,27 @@ class DurableMemory(ChatMemoryBuffer):
         store = run_state(run_id).state_store
         if store is None:
             return
-        changed = DurableMemory.of(self, self._store_path)
+        changed = DurableMemory.of(self, self._store_path, self._origin)
         change(changed)
         await store.set(self._store_path, changed)
 
+    async def _change(self, change: Callable[[ChatMemoryBuffer], None]) -> None:
+        await self._journal(change)
+        change(self)
+        if self._origin is not None:
+            change(self._origin)
+
     async def aput(self, message: Any) -> None:
-        await self._journal(lambda m: m.put(message))
-        await super().aput(message)
+        await self._change(lambda m: m.put(message))
 
     async def aput_messages(self, messages: list[Any]) -> None:
-        await self._journal(lambda m: m.put_messages(messages))
-        await super().aput_messages(messages)
+        await self._change(lambda m: m.put_messages(messages))
 
     async def aset(self, messages: list[Any]) -> None:
-        await self._journal(lambda m: m.set(messages))
-        await super().aset(messages)
+        await self._change(lambda m: m.set(messages))
 
     async def areset(self) -> None:
-        await self._journal(lambda m: m.reset())
-        await super().areset()
+        await self._change(lambda m: m.reset())
 
 
 async def _make_memory_durable(ctx: Any) -> None:
@@ -284,7 +292,7 @@ async def _make_memory_durable(ctx: Any) -> None:
     if isinstance(memory, DurableMemory) or _current_run_id.get() is None:
         return
     if isinstance(memory, ChatMemoryBuffer) and type(memory.chat_store) is SimpleChatStore:
-        await ctx.store.set(MEMORY_KEY, DurableMemory.of(memory, MEMORY_KEY))
+        await ctx.store.set(MEMORY_KEY, DurableMemory.of(memory, MEMORY_KEY, origin=memory))
     elif memory is not None:
         logger.warning(
             "The agent's memory (%s) is not an in-memory ChatMemoryBuffer: dbos_llama does "

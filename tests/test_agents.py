@@ -50,6 +50,11 @@ def read_stream(db_url: str, run_id: str) -> list[Any]:
     return asyncio.run(read())
 
 
+async def read_state(db_url: str, run_id: str) -> dict[str, Any]:
+    async with DurableClient(db_url) as client:
+        return await client.get_state(run_id)
+
+
 def assert_each_call_ran_once(lines: Counter[str], in_flight: str | None) -> None:
     """Every LLM and tool call ran exactly once, except the one a crash interrupted."""
     for line, count in lines.items():
@@ -155,6 +160,16 @@ def test_handoff_and_approval_across_restarts(tmp_path: Path, sqlite_url: str) -
     assert results["handoff"].startswith("Agent refunds is now handling")
     assert events[-1].result.current_agent_name == "refunds"
     assert set(snapshot(sqlite_url, "team-1").statuses.values()) == {"SUCCESS"}
+    # The journaled conversation: the question once, each LLM turn once, in order.
+    state = asyncio.run(read_state(sqlite_url, "team-1"))
+    messages = state["memory"]["value"]["messages"]
+    assert [m["role"] for m in messages].count("user") == 1
+    turns = [
+        f"{m['additional_kwargs']['llm']}:{m['additional_kwargs']['turn']}"
+        for m in messages
+        if "llm" in m["additional_kwargs"]
+    ]
+    assert turns == ["triage:0", "triage:1", "refunds:0", "refunds:1", "refunds:2"]
 
 
 async def test_tool_result_that_cannot_be_stored_names_the_tool(sqlite_url: str) -> None:
@@ -214,3 +229,8 @@ def test_durable_tool_opt_out_and_memory_round_trip() -> None:
     assert isinstance(again, DurableMemory)
     assert again.get_all() == memory.get_all()
     assert again.token_limit == 500
+    # A memory given to the run gets the conversation too, as without dbos_llama.
+    mirrored = DurableMemory.of(memory, "memory", origin=memory)
+    asyncio.run(mirrored.aput(ChatMessage(role="assistant", content="hello")))
+    assert [m.content for m in memory.get_all()] == ["hi", "hello"]
+    assert mirrored.get_all() == memory.get_all()
