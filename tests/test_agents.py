@@ -33,13 +33,10 @@ from tests.conftest import dbos_config, read_log, run_driver, snapshot  # noqa: 
 
 ASK = {"user_msg": "What is (1 + 2) * 4 + 3?"}
 
-#: (flow, crash point) on SQLite: between two tool calls (inside the second tool) and
-#: inside an LLM call; the PostgreSQL test kills after an LLM call returned, before its
-#: step ended (the call's checkpoint is replayed).
-CRASHES = [
-    ("agent-calc", "tool:multiply:3*4"),
-    ("agent-calc-stream", "llm:calc:2"),
-]
+#: Kills: after an LLM call returned but before its step ended (the streamed response is
+#: replayed from its checkpoint), on SQLite; inside an LLM call (it runs again), on
+#: PostgreSQL. Between two tool calls: the ReActAgent test below and the example
+#: (tests/test_examples.py::test_durable_agent, a FunctionAgent).
 
 
 def read_stream(db_url: str, run_id: str) -> list[Any]:
@@ -105,13 +102,12 @@ def kill_and_recover_calculator(db_url: str, tmp_path: Path, flow: str, crash: s
         assert kinds["StopEvent"] == 1
 
 
-@pytest.mark.parametrize(("flow", "crash"), CRASHES)
-def test_agent_survives_kill(tmp_path: Path, sqlite_url: str, flow: str, crash: str) -> None:
-    kill_and_recover_calculator(sqlite_url, tmp_path, flow, crash)
+def test_agent_survives_kill_after_an_llm_call(tmp_path: Path, sqlite_url: str) -> None:
+    kill_and_recover_calculator(sqlite_url, tmp_path, "agent-calc-stream", "after-llm:calc:2")
 
 
-def test_agent_survives_kill_after_llm_call_on_postgres(tmp_path: Path, pg_database) -> None:
-    kill_and_recover_calculator(pg_database(), tmp_path, "agent-calc-stream", "after-llm:calc:2")
+def test_agent_survives_kill_inside_an_llm_call_on_postgres(tmp_path: Path, pg_database) -> None:
+    kill_and_recover_calculator(pg_database(), tmp_path, "agent-calc", "llm:calc:2")
 
 
 def test_react_agent_survives_kill_between_tool_calls(tmp_path: Path, sqlite_url: str) -> None:
