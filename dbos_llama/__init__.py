@@ -30,6 +30,7 @@ from .errors import (
     NotAWorkflowError,
     NotSerializableError,
     QueueNotFoundError,
+    RejectedEventError,
     RunConflictError,
     RunFinishedError,
     RunNotFoundError,
@@ -73,5 +74,6 @@ __all__ = [
     "QueueNotFoundError",
     "StepNotFoundError",
     "EventDecodeError",
+    "RejectedEventError",
     "__version__",
 ]

@@ -9,19 +9,17 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, SetWorkflowID
+from dbos import DBOSClient, SetWorkflowID, WorkflowSerializationFormat
 from dbos import error as dbos_error
 from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, StopEvent
-from workflows.runtime.types.step_id import StepId
-from workflows.runtime.types.ticks import TickAddEvent
 
+from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
-from ._serialization import ensure_serializable
 from ._state import patches_of, rebuild_payload, successful_invocations
 from ._upstream import class_accepted_events
 from .errors import (
@@ -305,10 +303,13 @@ class DurableClient:
                     f"No step of {info.workflow!r} accepts {type(event).__name__}; "
                     f"it accepts: {names}."
                 )
-        ensure_serializable(event, f"Event {type(event).__name__} sent to run {run_id!r}")
-        step_id = StepId.root(step) if step is not None else None
+        # As JSON (portable serialization), never a pickle: the run validates it
+        # against the event types its workflow declares.
         await self._dbos.send_async(
-            run_id, TickAddEvent(event=event, step_id=step_id), _naming.TICK_TOPIC
+            run_id,
+            envelope.encode(event, step),
+            _naming.TICK_TOPIC,
+            serialization_type=WorkflowSerializationFormat.PORTABLE,
         )
 
     async def read_stream(
