@@ -11,6 +11,7 @@ from typing import Any
 
 from dbos import DBOSClient, SetWorkflowID, WorkflowSerializationFormat
 from dbos import error as dbos_error
+from dbos._serialization import Serializer
 from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
@@ -20,6 +21,7 @@ from workflows.events import Event, StopEvent
 from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
+from ._json_serializer import JsonDataSerializer
 from ._state import patches_of, rebuild_payload, successful_invocations
 from ._upstream import class_accepted_events
 from .errors import (
@@ -129,8 +131,12 @@ class DurableClient:
         ```
     """
 
-    def __init__(self, system_database_url: str) -> None:
-        self._dbos = DBOSClient(system_database_url=system_database_url)
+    def __init__(self, system_database_url: str, serializer: Serializer | None = None) -> None:
+        # Reads values stored as pickles and, by default, as dbos_llama JSON (the
+        # `JsonDataSerializer` option of the workers) alike.
+        self._dbos = DBOSClient(
+            system_database_url=system_database_url, serializer=serializer or JsonDataSerializer()
+        )
 
     async def __aenter__(self) -> DurableClient:
         return self

@@ -2,7 +2,8 @@
 
 Prints ``RESULT <json>``, or ``ASKED <n>`` and exits 0 when the run asks a human for
 answer number ``n`` (``FUZZ_ANSWERED`` answers were already sent); then ``POINTS <k>``,
-how many kill points this process passed.
+how many kill points this process passed. ``FUZZ_JSON=1`` stores all run data with
+`JsonDataSerializer`.
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ import sys
 from dbos import DBOS
 from workflows.events import InputRequiredEvent
 
+from dbos_llama import JsonDataSerializer
 from tests import fuzz_flow
 from tests.fuzz_flow import Program
 
 
 async def main(db_url: str, run_id: str, program: str) -> None:
     wf = Program(timeout=None)
-    DBOS(
-        config={
-            "name": "dbos-llama-fuzz",
-            "system_database_url": db_url,
-            "notification_listener_polling_interval_sec": 0.05,
-        }
-    )
+    config = {
+        "name": "dbos-llama-fuzz",
+        "system_database_url": db_url,
+        "notification_listener_polling_interval_sec": 0.05,
+    }
+    if os.environ.get("FUZZ_JSON"):
+        config["serializer"] = JsonDataSerializer()  # all run data as JSON
+    DBOS(config=config)
     DBOS.launch()
     answered = int(os.environ.get("FUZZ_ANSWERED", "0"))
     try:

@@ -102,14 +102,16 @@ async def _read(db: str, run_id: str) -> tuple[Any, list[str]]:
     return state, stream
 
 
-def drive(tmp: Path, name: str, program: list[dict], kills: list[int]) -> Outcome:
+def drive(
+    tmp: Path, name: str, program: list[dict], kills: list[int], json_mode: bool = False
+) -> Outcome:
     """Run ``program`` to its end on a fresh database, killing the processes at
     ``kills`` (the Nth kill point of the process each is given to) on the way."""
     db, log, run_id = f"sqlite:///{tmp / name}.sqlite", tmp / f"{name}.log", "fuzz-1"
     text = json.dumps(program)
     out, pending, answered = Outcome(), list(kills), 0
     for _ in range(4 * len(program) + len(kills) + 2):
-        env = {"FUZZ_ANSWERED": str(answered)}
+        env = {"FUZZ_ANSWERED": str(answered), **({"FUZZ_JSON": "1"} if json_mode else {})}
         if pending:
             env["FUZZ_KILL_AT"] = str(pending[0])
         proc = _process(db, run_id, text, log, env)
