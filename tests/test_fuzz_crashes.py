@@ -4,14 +4,16 @@ Each example is a program for `tests.fuzz_flow.Program` (chains of `@durable_ste
 calls, state edits and stream writes, fan-outs to steps with ``num_workers`` 1 or 3
 and a collector, human-in-the-loop waits answered by run ID from this process). It
 runs once uninterrupted on a fresh SQLite database (the reference), then on other
-fresh databases with one and with two kills (``os._exit(137)`` at the Nth kill point
+fresh databases with one and with two kills (the latter storing its data as
+pickles or, drawn, with `JsonDataSerializer`) (``os._exit(137)`` at the Nth kill point
 a process passes), each followed by recovery in a new process. The recovered run must
 equal the reference: result, state, stream (no duplicates, no gaps), every
 `@durable_step` call that had completed before a kill never executed again, nothing
 PENDING, no traceback, ERROR log line or DBOS determinism error.
 
 ``FUZZ_EXAMPLES`` sets the number of generated programs (default 4, about 20 s each on
-2 CPUs); the examples are derandomized, so CI runs the same ones.
+2 CPUs); the examples are derandomized, so CI runs the same ones (``FUZZ_RANDOM=1``
+draws new ones, for longer campaigns).
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def expected_points(program: list[dict]) -> int:
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
     database=None,
     phases=[Phase.explicit, Phase.generate]
     + ([Phase.shrink] if os.environ.get("FUZZ_SHRINK") else []),
@@ -193,9 +195,14 @@ def test_generated_programs_survive_kills(
     two = [data.draw(st.integers(1, top), label="first kill")]
     two.append(data.draw(st.integers(1, max(1, top // 2)), label="second kill"))
     # The reference and both crashed runs at once, each on its own database.
-    scenarios = {"reference": [], "one-kill": one, "two-kills": two}
+    # The run with two kills stores its data as JSON (`JsonDataSerializer`) or pickles.
+    json_mode = data.draw(st.booleans(), label="two-kill run stored as JSON")
+    scenarios = {"reference": ([], False), "one-kill": (one, False), "two-kills": (two, json_mode)}
     with ThreadPoolExecutor(len(scenarios)) as pool:
-        futures = {n: pool.submit(drive, tmp, n, program, k) for n, k in scenarios.items()}
+        futures = {
+            n: pool.submit(drive, tmp, n, program, kills, as_json)
+            for n, (kills, as_json) in scenarios.items()
+        }
         outcomes = {n: f.result() for n, f in futures.items()}
     reference = outcomes.pop("reference")
     assert reference.kills == [] and reference.points == top
@@ -205,6 +212,7 @@ def test_generated_programs_survive_kills(
         check_against(reference, crashed)
         FIGURES["crashed runs"] += 1
         FIGURES["kills fired"] += len(crashed.kills)
+    FIGURES["json runs"] += json_mode
     FIGURES["programs"] += 1
     FIGURES["kills asked"] += len(one) + len(two)
     FIGURES["seconds"] += round(time.monotonic() - started)
