@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, start_driver
 
 # Each URL in a fresh DBOS: which call fails, with which exception.
 PROBE = """
@@ -63,23 +62,16 @@ def _pending(url: str, run_id: str) -> bool:
     return row is not None and row[0] == "PENDING"
 
 
-def test_database_that_disappears_mid_run_is_retried_not_lost(pg_server: str) -> None:
+def test_database_that_disappears_mid_run_is_retried_not_lost(
+    pg_server: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
     import psycopg
 
     name = f"dbos_llama_gone_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DBOS_LLAMA_")}
-    env["PYTHONPATH"] = str(ROOT)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.driver", f"{pg_server}/{name}", "sleeper", "gone-1"]
-        + ['{"seconds": 6}'],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_driver(f"{pg_server}/{name}", "sleeper", "gone-1", {"seconds": 6}, log)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _pending(f"{pg_server}/{name}", "gone-1"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 from workflows.events import InputRequiredEvent
 
 from dbos_llama import DurableClient
-from tests.conftest import ROOT, run_driver, snapshot
+from tests.conftest import ROOT, run_driver, snapshot, start_driver
 
 NOISE = ("Traceback", "ERROR]", "ERROR ")
 
@@ -34,24 +33,7 @@ def test_normal_endings_log_no_error(tmp_path: Path, sqlite_url: str) -> None:
     assert_quiet(fan.stderr)
 
     # A run cancelled by run ID from another process while a worker executes it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DBOS_LLAMA_")}
-    env.update(PYTHONPATH=str(ROOT), DBOS_LLAMA_TEST_LOG=str(log))
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.driver",
-            sqlite_url,
-            "approval",
-            "quiet-3",
-            '{"customer": "q"}',
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_driver(sqlite_url, "approval", "quiet-3", {"customer": "q"}, log)
 
     async def cancel_when_asked() -> None:
         deadline = time.monotonic() + 60
