@@ -3,13 +3,13 @@
 Each example is a program for `tests.fuzz_flow.Program` (chains of `@durable_step`
 calls, state edits and stream writes, fan-outs to steps with ``num_workers`` 1 or 3
 and a collector, human-in-the-loop waits answered by run ID from this process). It
-runs once uninterrupted on a fresh SQLite database (the reference), then on other
-fresh databases with one and with two kills (the latter storing its data as
-pickles or, drawn, with `JsonDataSerializer`) (``os._exit(137)`` at the Nth kill point
-a process passes), each followed by recovery in a new process. The recovered run must
-equal the reference: result, state, stream (no duplicates, no gaps), every
-`@durable_step` call that had completed before a kill never executed again, nothing
-PENDING, no traceback, ERROR log line or DBOS determinism error.
+runs once uninterrupted on a fresh SQLite database (the reference) and, at the same
+time, on other fresh databases with one and with two kills (``os._exit(137)`` at the
+Nth kill point a process passes), each followed by recovery in a new process; the
+run with two kills stores its data as pickles or (drawn) with `JsonDataSerializer`.
+The recovered run must equal the reference: result, state, stream (no duplicates,
+no gaps), every `@durable_step` call that had completed before a kill never executed
+again, nothing PENDING, no traceback, ERROR log line or DBOS determinism error.
 
 ``FUZZ_EXAMPLES`` sets the number of generated programs (default 4, about 20 s each on
 2 CPUs); the examples are derandomized, so CI runs the same ones (``FUZZ_RANDOM=1``
