@@ -44,11 +44,27 @@ from .errors import (
 
 _install_log_filters()
 
+# Durable LlamaIndex agents (the "agents" extra): imported on first use, so the core
+# does not need llama-index-core.
+_AGENT_NAMES = ("durable_tool", "DurableLLM", "DurableMemory")
+
+
+def __getattr__(name: str) -> object:
+    if name in _AGENT_NAMES:
+        from . import _agents
+
+        return getattr(_agents, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
     "durable",
     "durable_step",
+    "durable_tool",
+    "DurableLLM",
+    "DurableMemory",
     "now",
     "random",
     "sleep",

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
-from workflows.events import Event, StopEvent
+from workflows.events import Event, HumanResponseEvent, StopEvent
 
 from . import _envelope as envelope
 from . import _naming, _registry
@@ -301,7 +301,9 @@ class DurableClient:
                 "events. Start a new run instead."
             )
         binding = _registry.lookup(info.workflow)
-        if binding is not None:
+        # A HumanResponseEvent may answer a `ctx.wait_for_event` inside a step (e.g. an
+        # agent's approval tool), which no step signature declares.
+        if binding is not None and not isinstance(event, HumanResponseEvent):
             accepted = class_accepted_events(binding.cls)
             if not any(isinstance(event, t) for t in accepted):
                 names = ", ".join(sorted(t.__name__ for t in accepted))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar, overload
@@ -17,6 +18,13 @@ from ._step_workflows import Binding
 from .errors import NotAWorkflowError
 
 W = TypeVar("W", bound=type[Workflow])
+
+# Modules defining the LlamaIndex agent classes: a class can only derive from them
+# once they are imported, so the optional agents support is imported only then.
+_AGENT_MODULES = (
+    "llama_index.core.agent.workflow.base_agent",
+    "llama_index.core.agent.workflow.multi_agent_workflow",
+)
 
 # Set while `durable()` builds its own subclass, so that subclass is not also
 # auto-registered under its derived name.
@@ -138,6 +146,10 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
         "__init__": __init__,
         "__init_subclass__": classmethod(__init_subclass__),
     }
+    if any(module in sys.modules for module in _AGENT_MODULES):
+        from . import _agents
+
+        _agents.extend_durable_class(cls, namespace)
     token = _building.set(True)
     try:
         durable_cls = type(cls)(cls.__name__, (cls,), namespace)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextvars import ContextVar
@@ -117,6 +118,9 @@ class RunState:
     clock: float = 0.0
     _clock_offset: float = 0.0
     _resume_real_time: float | None = None
+    # True when this process started the run's clock for the first time (not a
+    # replay): no step of the run can have completed before.
+    brand_new: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -157,6 +161,10 @@ class RunState:
         if self._restore_lock is None:
             self._restore_lock = asyncio.Lock()
         async with self._restore_lock:
+            if not self.state_restored and self.brand_new:
+                # The run's clock was just started, not replayed: a brand-new run,
+                # so no step of it has completed yet.
+                self.state_restored = True
             if not self.state_restored:
                 completed = await completed_steps(self.run_id)
                 self.store_for(workflow).restore(patches_of(completed))
@@ -190,6 +198,7 @@ class RunState:
         # clock resumes where the last recorded decision left it, so the downtime
         # does not count as alive time (for `Workflow(timeout=...)`).
         self._resume_real_time = None if executed else started
+        self.brand_new = executed
 
     def live_clock(self) -> float:
         """The clock at a decision made now (not replayed)."""
@@ -207,18 +216,17 @@ class RunState:
 
     async def wait_cancelled(self) -> None:
         """Return once the run is to be cancelled: asked here, or CANCELLED in the
-        database (by another process), which is checked every `CANCEL_POLL_SECONDS`."""
+        database by another process (`cancel_watcher` looks every
+        `CANCEL_POLL_SECONDS`, for all the runs waiting in this process at once)."""
         wakeup = asyncio.Event()
         self._cancel_wakeup = (asyncio.get_running_loop(), wakeup)
-        while not self.cancel_requested:
-            try:
-                await asyncio.wait_for(wakeup.wait(), CANCEL_POLL_SECONDS)
-            except asyncio.TimeoutError:
-                status = await outside_workflow(
-                    functools.partial(DBOS.get_workflow_status, self.run_id)
-                )
-                if status is not None and status.status == "CANCELLED":
-                    return
+        cancel_watcher.watch(self)
+        try:
+            while not self.cancel_requested:
+                await wakeup.wait()
+                wakeup.clear()
+        finally:
+            cancel_watcher.unwatch(self)
 
     def next_invocation_id(self, step_name: str) -> str:
         number = self.invocations
@@ -249,6 +257,57 @@ class RunState:
 
 
 _runs: dict[str, RunState] = {}
+
+
+class CancelWatcher:
+    """Finds the runs waiting in this process that another process cancelled: one
+    thread, one database query every `CANCEL_POLL_SECONDS` for all of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunState] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, run: RunState) -> None:
+        with self._lock:
+            self._runs[run.run_id] = run
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._poll, name="dbos-llama-cancel-watcher", daemon=True
+                )
+                self._thread.start()
+
+    def unwatch(self, run: RunState) -> None:
+        with self._lock:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL_SECONDS)
+            with self._lock:
+                if not self._runs:
+                    self._thread = None  # a later watch() starts a new one
+                    return
+                run_ids = list(self._runs)
+            try:
+                cancelled = DBOS.list_workflows(
+                    workflow_ids=run_ids, status="CANCELLED", load_input=False, load_output=False
+                )
+            except Exception:  # DBOS shut down or the database unreachable: try later
+                continue
+            for status in cancelled:
+                with self._lock:
+                    run = self._runs.get(status.workflow_id)
+                if run is not None:
+                    try:
+                        run.request_cancel()
+                    except RuntimeError:  # its event loop has closed
+                        self.unwatch(run)
+
+
+#: The process's `CancelWatcher`.
+cancel_watcher = CancelWatcher()
 
 
 async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:

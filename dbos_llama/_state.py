@@ -33,7 +33,10 @@ class DurableStateStore(Generic[M]):
     def __init__(self, initial_state: M, journal: StateJournal) -> None:
         self._inner: InMemoryStateStore[M] = InMemoryStateStore(initial_state)
         self._journal = journal
-        self._last = self._inner.checkpoint()
+        # The committed state as last journaled, encoded: a value changed in place
+        # (``lst = await store.get("k"); lst.append(x); await store.set("k", lst)``)
+        # is still seen as changed, which a diff of live objects would miss.
+        self._last = self.payload()
         self._write_lock = asyncio.Lock()
 
     @property
@@ -77,8 +80,8 @@ class DurableStateStore(Generic[M]):
 
     def _record(self) -> None:
         # Under the write lock: the patch holds exactly this write's changes.
-        now = self._inner.checkpoint()
-        patch = now.diff(self._last)
+        now = self.payload()
+        patch = json_patch(self._last, now)
         self._last = now
         if patch:
             self._journal.record(patch)
@@ -90,8 +93,31 @@ class DurableStateStore(Generic[M]):
             return
         payload = rebuild_payload(self.payload(), patches)
         self._inner = InMemoryStateStore.from_dict(payload, JsonSerializer())
-        self._last = self._inner.checkpoint()
+        self._last = self.payload()
         self._journal.advance_past(max(seq for seq, _ in patches))
+
+
+def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """JSON Patch ops (``add``/``remove``/``replace``) turning JSON value ``old`` into ``new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        ops: list[dict[str, Any]] = []
+        for key in old:
+            if key not in new:
+                ops.append({"op": "remove", "path": f"{path}/{_pointer(key)}"})
+        for key, value in new.items():
+            where = f"{path}/{_pointer(key)}"
+            if key not in old:
+                ops.append({"op": "add", "path": where, "value": value})
+            elif old[key] != value:
+                ops.extend(json_patch(old[key], value, where))
+        return ops
+    if old == new:
+        return []
+    return [{"op": "replace", "path": path, "value": new}]
+
+
+def _pointer(key: Any) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
 
 
 def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any]:

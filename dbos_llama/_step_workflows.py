@@ -53,6 +53,8 @@ logger = logging.getLogger("dbos_llama")
 INSTANCE_POLL_SECONDS = 0.05
 #: Seconds between two reminders that a recovered run waits for its instance.
 INSTANCE_REMINDER_SECONDS = 30.0
+#: Class attribute: False keeps recovery from instantiating the class by itself.
+AUTO_INSTANCE_ATTR = "__dbos_llama_auto_instance__"
 
 
 def code_version(cls: type[Workflow]) -> str:
@@ -132,7 +134,9 @@ class Binding:
 
     async def instance_for(self, run_id: str) -> Workflow:
         """The instance a (possibly recovered) run executes on; waits if none exists."""
-        if self.instance is None and _needs_no_arguments(self.cls):
+        # A class may opt out (agents: a default instance would lack the app's LLM).
+        automatic = getattr(self.cls, AUTO_INSTANCE_ATTR, True)
+        if self.instance is None and automatic and _needs_no_arguments(self.cls):
             self.cls()  # adopts itself in __init__
         loop = asyncio.get_running_loop()
         next_reminder = loop.time()

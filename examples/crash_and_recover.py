@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
+from _restart import print_ledger, run_killed_then_restarted
 from dbos import DBOS
 from workflows import Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
@@ -89,26 +87,13 @@ async def app(db_url: str) -> None:
 
 
 def main() -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="dbos-llama-example-"))
-    db_url = f"sqlite:///{workdir / 'orders.sqlite'}"
-    env = {**os.environ, "EXAMPLE_LEDGER": str(workdir / "ledger.txt"), "EXAMPLE_APP": db_url}
-    print(f"System database: {db_url}")
-    print("1) first process: runs order-42 and is killed mid-run")
-    subprocess.run([sys.executable, __file__], env={**env, "EXAMPLE_CRASH": "1"}, check=False)
-    print("2) restarted process: DBOS.launch() resumes order-42")
-    subprocess.run([sys.executable, __file__], env=env, check=True)
-
-    lines = (workdir / "ledger.txt").read_text().splitlines()
-    pids = list(dict.fromkeys(line.split(":")[0] for line in lines))
-    print("\nExternal calls executed, per process:")
-    for pid in pids:
-        print(f"  {pid}")
-        for line in lines:
-            if line.startswith(pid + ":"):
-                print(f"    {line.split(': ', 1)[1]}")
-    calls = [line.split(": ", 1)[1] for line in lines]
-    repeated = sorted({c for c in calls if calls.count(c) > 1})
-    print(f"\nCalls executed twice: {repeated or 'none'}")
+    ledger = run_killed_then_restarted(
+        __file__,
+        "orders.sqlite",
+        first="runs order-42 and is killed mid-run",
+        second="DBOS.launch() resumes order-42",
+    )
+    print_ledger(ledger, "External calls executed")
     print("Completed calls were not re-executed; the run finished where it stopped.")
 
 

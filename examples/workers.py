@@ -83,16 +83,16 @@ class Summaries(Workflow):
         return StopEvent(result={"doc": ev.doc, "summary": summary, "worker": DBOS.executor_id})
 
 
-def configure(executor_id: str | None = None) -> None:
-    config = {
-        "name": "workers-example",
-        "system_database_url": DB_URL,
-        "application_version": APP_VERSION,
-        "log_level": "WARNING",
-    }
-    if executor_id is not None:
-        config["executor_id"] = executor_id  # the worker's identity, for recovery
-    DBOS(config=config)
+def configure(executor_id: str) -> None:
+    DBOS(
+        config={
+            "name": "workers-example",
+            "system_database_url": DB_URL,
+            "application_version": APP_VERSION,
+            "executor_id": executor_id,  # the process's identity, for recovery
+            "log_level": "WARNING",
+        }
+    )
 
 
 async def worker(executor_id: str) -> None:
@@ -111,8 +111,11 @@ async def worker(executor_id: str) -> None:
 
 async def submit(count: int) -> None:
     """Submit ``count`` runs and wait for their results; execute none here."""
-    configure()
-    DBOS.listen_queues([])  # a submitter, not a worker: dequeue nothing
+    configure("submitter")
+    # A submitter, not a worker: it takes no runs from the queue. (Like any process
+    # with the code and DBOS launched, it may still finish a step that a dead
+    # worker left behind: DBOS recovers those through its internal queue.)
+    DBOS.listen_queues([])
     DBOS.launch()
     batch = uuid.uuid4().hex[:6]
     summaries = Summaries(timeout=None)

@@ -21,6 +21,10 @@ from tests.flows import CONSTRUCTOR_ARGS, FLOWS
 
 async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
     def make():
+        if flow.startswith("agent-"):  # LlamaIndex agents (the "agents" extra)
+            from tests.agent_flows import AGENT_FLOWS
+
+            return AGENT_FLOWS[flow]()
         return FLOWS[flow](timeout=None, **CONSTRUCTOR_ARGS.get(flow, {}))
 
     # By default the application builds its workflow objects, then launches DBOS.
@@ -60,7 +64,8 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
         except WorkflowCancelledByUser:
             print("CANCELLED", flush=True)  # a normal ending: no traceback
             return
-        print("RESULT " + json.dumps(result), flush=True)
+        # An agent's result (AgentOutput) prints as its answer.
+        print("RESULT " + json.dumps(result, default=str), flush=True)
     finally:
         DBOS.destroy()
 

@@ -50,5 +50,16 @@ def test_workers_on_postgres(tmp_path: Path, pg_database) -> None:
     assert "worker w1 killed (SIGKILL) with runs in flight; restarting it as w1" in out
     assert "20 runs finished: {" in out  # how they split between w1 and w2 varies
     for i in range(20):
-        assert f"doc-{i}: 'summary of the text of doc-{i}' by w" in out
+        assert f"doc-{i}: 'summary of the text of doc-{i}' by " in out
     assert "external calls executed: " in out and " for 40 distinct calls" in out
+
+
+def test_durable_agent(tmp_path: Path) -> None:
+    out = run_example("durable_agent.py", tmp_path)
+    assert "process dies now (os._exit), between two tool calls" in out
+    assert "answer: Sunny in Paris, and your table for 2 at Chez DBOS is booked" in out
+    first, second = out.split("  pid ")[1:3]
+    assert "LLM call, turn 0" in first and "tool get_weather('Paris')" in first
+    assert "tool book_table('Chez DBOS', 2)" in second and "LLM call, turn 2" in second
+    assert "get_weather" not in second and "turn 1" not in second
+    assert "Calls executed twice: none" in out

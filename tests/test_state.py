@@ -58,3 +58,27 @@ async def test_typed_state_is_durable_and_readable(dbos_app: str) -> None:
     async with DurableClient(dbos_app) as client:
         cart = await client.get_state("shop-1")
     assert isinstance(cart, Cart) and cart == Cart(items=["tea"], total=3)
+
+
+async def test_a_value_changed_in_place_then_set_is_journaled() -> None:
+    """``items = await store.get("k"); items.append(x); await store.set("k", items)``:
+    the patch carries the change, so a state rebuilt after a crash has it."""
+    from workflows.context.state_store import DictState
+
+    from dbos_llama._state import DurableStateStore, StateJournal, rebuild_payload
+
+    patches: list = []
+    store = DurableStateStore(DictState(), StateJournal(lambda: patches))
+    await store.set("items", ["a"])
+    items = await store.get("items")
+    items.append("b")
+    await store.set("items", items)
+    rebuilt = DurableStateStore(DictState(), StateJournal(lambda: None))
+    rebuilt.restore(patches)
+    assert await rebuilt.get("items") == ["a", "b"]
+    assert (
+        rebuild_payload(
+            DurableStateStore(DictState(), StateJournal(lambda: None)).payload(), patches
+        )
+        == store.payload()
+    )
