@@ -11,7 +11,7 @@ The recovered run must equal the reference: result, state, stream (no duplicates
 no gaps), every `@durable_step` call that had completed before a kill never executed
 again, nothing PENDING, no traceback, ERROR log line or DBOS determinism error.
 
-``FUZZ_EXAMPLES`` sets the number of generated programs (default 4, about 20 s each on
+``FUZZ_EXAMPLES`` sets the number of generated programs (default 3, 15-30 s each on
 2 CPUs); the examples are derandomized, so CI runs the same ones (``FUZZ_RANDOM=1``
 draws new ones, for longer campaigns).
 """
@@ -39,7 +39,7 @@ from dbos_llama import DurableClient
 from tests.conftest import ROOT, read_log, snapshot
 
 FX = "tests.fuzz_flow.fx"
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3"))
 #: Totals over the session, printed at its end (see the closing note of issue #8).
 FIGURES: Counter[str] = Counter()
 
