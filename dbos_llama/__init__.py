@@ -19,6 +19,7 @@ from ._client import DurableClient, RunInfo
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
 from ._event_json import event_from_json
+from ._json_serializer import JsonDataSerializer
 from ._registry import install_log_filters as _install_log_filters
 from ._runtime import DBOSRuntime, current_run_id, dbos_runtime
 from .errors import (
@@ -30,6 +31,7 @@ from .errors import (
     NotAWorkflowError,
     NotSerializableError,
     QueueNotFoundError,
+    RejectedEventError,
     RunConflictError,
     RunFinishedError,
     RunNotFoundError,
@@ -71,6 +73,7 @@ __all__ = [
     "DurableClient",
     "RunInfo",
     "event_from_json",
+    "JsonDataSerializer",
     "DBOSRuntime",
     "dbos_runtime",
     "DurableError",
@@ -89,5 +92,6 @@ __all__ = [
     "QueueNotFoundError",
     "StepNotFoundError",
     "EventDecodeError",
+    "RejectedEventError",
     "__version__",
 ]

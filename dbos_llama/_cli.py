@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ._client import DurableClient, RunInfo
 from ._event_json import event_from_json
 from ._history import StepInvocationInfo
+from ._redact import redact
 from .errors import DurableError
 
 #: Environment variables read for the system database URL, in order.
@@ -82,7 +83,8 @@ def _open(db: str) -> DurableClient:
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    # The URL of --db may carry a password: never print it.
+    err.print(f"[red]error:[/red] {redact(message)}")
     raise typer.Exit(1)
 
 

@@ -9,19 +9,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, SetWorkflowID
+from dbos import DBOSClient, SetWorkflowID, WorkflowSerializationFormat
 from dbos import error as dbos_error
+from dbos._serialization import Serializer
 from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, HumanResponseEvent, StopEvent
-from workflows.runtime.types.step_id import StepId
-from workflows.runtime.types.ticks import TickAddEvent
 
+from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
-from ._serialization import ensure_serializable
+from ._json_serializer import JsonDataSerializer
 from ._state import patches_of, rebuild_payload, successful_invocations
 from ._upstream import class_accepted_events
 from .errors import (
@@ -131,8 +131,12 @@ class DurableClient:
         ```
     """
 
-    def __init__(self, system_database_url: str) -> None:
-        self._dbos = DBOSClient(system_database_url=system_database_url)
+    def __init__(self, system_database_url: str, serializer: Serializer | None = None) -> None:
+        # Reads values stored as pickles and, by default, as dbos_llama JSON (the
+        # `JsonDataSerializer` option of the workers) alike.
+        self._dbos = DBOSClient(
+            system_database_url=system_database_url, serializer=serializer or JsonDataSerializer()
+        )
 
     async def __aenter__(self) -> DurableClient:
         return self
@@ -307,10 +311,13 @@ class DurableClient:
                     f"No step of {info.workflow!r} accepts {type(event).__name__}; "
                     f"it accepts: {names}."
                 )
-        ensure_serializable(event, f"Event {type(event).__name__} sent to run {run_id!r}")
-        step_id = StepId.root(step) if step is not None else None
+        # As JSON (portable serialization), never a pickle: the run validates it
+        # against the event types its workflow declares.
         await self._dbos.send_async(
-            run_id, TickAddEvent(event=event, step_id=step_id), _naming.TICK_TOPIC
+            run_id,
+            envelope.encode(event, step),
+            _naming.TICK_TOPIC,
+            serialization_type=WorkflowSerializationFormat.PORTABLE,
         )
 
     async def read_stream(

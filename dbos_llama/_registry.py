@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ._naming import NAME_PREFIX
+from ._redact import PasswordRedactor
 from .errors import DuplicateNameError, WorkflowNotRegisteredError
 
 if TYPE_CHECKING:
@@ -105,8 +106,11 @@ class _CancelledRunQuiet(logging.Filter):
 
 
 def install_log_filters() -> None:
-    """Attach dbos_llama's filters to DBOS's logger (idempotent)."""
+    """Attach dbos_llama's filters to DBOS's logger and its own (idempotent)."""
     dbos_logger = logging.getLogger("dbos")
-    for kind in (_UnregisteredWorkflowHint, _CancelledRunQuiet):
+    for kind in (_UnregisteredWorkflowHint, _CancelledRunQuiet, PasswordRedactor):
         if not any(isinstance(f, kind) for f in dbos_logger.filters):
             dbos_logger.addFilter(kind())
+    own = logging.getLogger("dbos_llama")
+    if not any(isinstance(f, PasswordRedactor) for f in own.filters):
+        own.addFilter(PasswordRedactor())

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dbos import DBOS
+from dbos import DBOS, WorkflowSerializationFormat
 from dbos import error as dbos_error
 from workflows.context.serializers import BaseSerializer
 from workflows.context.state_store import StateStore, infer_state_type
@@ -37,10 +37,13 @@ from workflows.runtime.types.step_function import (
 )
 from workflows.runtime.types.ticks import TickAddEvent, TickCancelRun, TickStepResult, WorkflowTick
 
+from . import _envelope as envelope
 from . import _naming
 from ._registry import binding_of
 from ._serialization import ensure_serializable
 from ._state import DurableStateStore, Patch, StateJournal, completed_steps, patches_of
+from ._upstream import TICK_TYPES, class_accepted_events
+from .errors import RejectedEventError
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
@@ -135,6 +138,9 @@ class RunState:
     # Stream events of finished step invocations, by upstream invocation ID, until
     # the run appends them to its durable stream.
     pending_stream: dict[str, list[Event]] = field(default_factory=dict)
+    # Event types steps of the run waited for with ``ctx.wait_for_event``: outside
+    # senders may deliver them (besides the events the workflow's steps accept).
+    awaited_types: list[type[Any]] = field(default_factory=list)
     # Step invocation IDs of each upstream work item, in call order.
     work_items: dict[str, list[str]] = field(default_factory=dict)
     # The run's outcome as DBOS records it, awaited by every local waiter.
@@ -352,8 +358,10 @@ class DBOSInternalAdapter(InternalRunAdapter):
     ``DBOS.asyncio_wait``, so a replay after a crash makes the same decisions.
     """
 
-    def __init__(self, run: RunState) -> None:
+    def __init__(self, run: RunState, accepted: list[type[Any]] | None = None) -> None:
         self._run = run
+        # Event types the run takes from outside senders (JSON envelopes).
+        self._accepted = accepted or []
 
     @property
     def run_id(self) -> str:
@@ -402,6 +410,19 @@ class DBOSInternalAdapter(InternalRunAdapter):
         # The mailbox receive races the run's cancellation. A cancel is never
         # recorded in the run's history, so a cancelled run that is resumed waits
         # for its events again.
+        while True:
+            result = await self._receive_one(timeout_seconds)
+            if not isinstance(result, WaitResultTick) or not envelope.is_envelope(result.tick):
+                return result
+            # An event from outside the run, as JSON: delivered only if it is one the
+            # workflow declares. A replay decodes the recorded message the same way.
+            try:
+                accepted = [*self._accepted, *self._run.awaited_types]
+                return WaitResultTick(tick=envelope.decode(result.tick, accepted, self.run_id))
+            except RejectedEventError as rejected:
+                logger.error("%s The run keeps waiting for its events.", rejected)
+
+    async def _receive_one(self, timeout_seconds: float | None) -> WaitResult:
         receiving = asyncio.current_task()
         watcher = asyncio.ensure_future(self._run.wait_cancelled())
 
@@ -427,6 +448,9 @@ class DBOSInternalAdapter(InternalRunAdapter):
             watcher.cancel()
         if message is None:
             return WaitResultTimeout()
+        if not isinstance(message, TICK_TYPES) and not envelope.is_envelope(message):
+            # Not a tick of this run's steps nor an envelope: rejected on decoding.
+            message = {envelope.ENVELOPE_KEY: None, "type": type(message).__name__}
         return WaitResultTick(tick=message)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
@@ -494,6 +518,13 @@ async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | Non
     )
 
 
+async def send_envelope(run_id: str, message: dict[str, Any]) -> None:
+    """Write an outside event's JSON envelope to the run's mailbox (portable JSON)."""
+    await DBOS.send_async(
+        run_id, message, _naming.TICK_TOPIC, serialization_type=WorkflowSerializationFormat.PORTABLE
+    )
+
+
 class DBOSExternalAdapter(ExternalRunAdapter):
     """The caller's side of a durable run: send events, stream, await the result."""
 
@@ -506,9 +537,10 @@ class DBOSExternalAdapter(ExternalRunAdapter):
 
     async def send_event(self, tick: WorkflowTick) -> None:
         if isinstance(tick, TickAddEvent):
-            ensure_serializable(
-                tick.event, f"Event {type(tick.event).__name__} sent to run {self.run_id}"
-            )
+            # From outside the run: carried as JSON, never as a pickle.
+            step = str(tick.step_id) if tick.step_id is not None else None
+            await send_envelope(self._run.run_id, envelope.encode(tick.event, step))
+            return
         await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
 
     async def cancel(self) -> None:
@@ -668,7 +700,7 @@ class DBOSRuntime(Runtime):
             )
         run = run_state(run_id)
         run.store_for(workflow)
-        return DBOSInternalAdapter(run)
+        return DBOSInternalAdapter(run, class_accepted_events(type(workflow)))
 
     def get_external_adapter(self, run_id: str) -> ExternalRunAdapter:
         return DBOSExternalAdapter(run_state(run_id))

@@ -23,9 +23,23 @@ def _fields(value: Any) -> Iterator[tuple[str, Any]]:
             yield key, item
 
 
+def _active_serializer() -> Any:
+    """The serializer of this process's DBOS instance if it is not DBOS's pickle
+    default (e.g. `JsonDataSerializer`), else None."""
+    from dbos import _dbos
+
+    serializer = getattr(_dbos._dbos_global_instance, "_serializer", None)
+    name = getattr(serializer, "name", None)
+    return serializer if name is not None and name() != "py_pickle" else None
+
+
 def _dumps_ok(value: Any) -> bool:
+    serializer = _active_serializer()
     try:
-        pickle.loads(pickle.dumps(value))
+        if serializer is not None:
+            serializer.deserialize(serializer.serialize(value))
+        else:
+            pickle.loads(pickle.dumps(value))
     except Exception:
         return False
     return True

@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any
 
+from workflows.runtime.types.results import AddWaiter
 from workflows.runtime.types.step_function import StepWorkerFunction
+from workflows.runtime.types.ticks import WorkflowTick
 from workflows.workflow import Workflow
 
 #: Keyword names the control loop passes to a step worker (``runner.py`` calls it
@@ -48,3 +51,12 @@ def upstream_step_worker_parameters() -> tuple[str, ...]:
     """The parameter names upstream's `StepWorkerFunction` protocol declares today."""
     params = inspect.signature(StepWorkerFunction.__call__).parameters
     return tuple(name for name in params if name != "self")
+
+
+#: The tick classes of the control loop (``WorkflowTick`` is an annotated union).
+TICK_TYPES: tuple[type[Any], ...] = typing.get_args(typing.get_args(WorkflowTick)[0])
+
+
+def awaited_event_types(outputs: list[Any]) -> list[type[Any]]:
+    """Event types a step's outputs say it now waits for (``ctx.wait_for_event``)."""
+    return [o.event_type for o in outputs if isinstance(o, AddWaiter)]

@@ -19,6 +19,7 @@ __all__ = [
     "QueueNotFoundError",
     "StepNotFoundError",
     "EventDecodeError",
+    "RejectedEventError",
 ]
 
 
@@ -81,6 +82,11 @@ class StepNotFoundError(DurableError, LookupError):
 class EventDecodeError(DurableError, ValueError):
     """JSON given for an event does not name an importable event class, or its data
     does not validate against that class."""
+
+
+class RejectedEventError(DurableError, ValueError):
+    """A message from outside a run is not an event its workflow declares (unknown
+    type, invalid data, not a dbos_llama envelope): the run drops it, logging why."""
 
 
 class StepFailedError(DurableError):

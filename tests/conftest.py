@@ -113,21 +113,40 @@ def run_driver(
     timeout: float = 120,
 ) -> DriverRun:
     """Run ``flow`` in a fresh Python process (it may kill itself at ``crash_at``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DBOS_LLAMA_")}
-    env["PYTHONPATH"] = str(ROOT)
-    env["DBOS_LLAMA_TEST_LOG"] = str(log)
+    extra = dict(extra_env or {})
     if crash_at is not None:
-        env["DBOS_LLAMA_CRASH_AT"] = crash_at
-    env.update(extra_env or {})
+        extra["DBOS_LLAMA_CRASH_AT"] = crash_at
     proc = subprocess.run(
         [sys.executable, "-m", module, db_url, flow, run_id, json.dumps(kwargs)],
         cwd=ROOT,
-        env=env,
+        env=_driver_env(log, extra),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     return DriverRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _driver_env(log: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DBOS_LLAMA_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["DBOS_LLAMA_TEST_LOG"] = str(log)
+    env.update(extra)
+    return env
+
+
+def start_driver(
+    db_url: str, flow: str, run_id: str, kwargs: dict[str, Any], log: Path
+) -> subprocess.Popen[str]:
+    """Like `run_driver`, without waiting: the process, to stop or `communicate` with."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.driver", db_url, flow, run_id, json.dumps(kwargs)],
+        cwd=ROOT,
+        env=_driver_env(log, {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_then_finish(

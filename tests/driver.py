@@ -13,6 +13,7 @@ import sys
 import threading
 
 from dbos import DBOS
+from workflows.errors import WorkflowCancelledByUser
 from workflows.events import InputRequiredEvent
 
 from tests.flows import CONSTRUCTOR_ARGS, FLOWS
@@ -58,7 +59,11 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
                 if isinstance(event, InputRequiredEvent):
                     print("ASKED " + json.dumps(event.prefix), flush=True)
                     os._exit(0)
-        result = await handler
+        try:
+            result = await handler
+        except WorkflowCancelledByUser:
+            print("CANCELLED", flush=True)  # a normal ending: no traceback
+            return
         # An agent's result (AgentOutput) prints as its answer.
         print("RESULT " + json.dumps(result, default=str), flush=True)
     finally:

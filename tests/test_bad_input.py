@@ -1,0 +1,88 @@
+"""Rows of the README's bad-input table not covered elsewhere: database URLs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from tests.conftest import ROOT, start_driver
+
+# Each URL in a fresh DBOS: which call fails, with which exception.
+PROBE = """
+import json, sys
+from dbos import DBOS
+for url in sys.argv[1:]:
+    stage = "DBOS()"
+    try:
+        DBOS(config={"name": "bad-url", "system_database_url": url})
+        stage = "DBOS.launch()"
+        DBOS.launch()
+        stage = "none"
+    except Exception as error:
+        print(json.dumps([url, stage, type(error).__module__ + "." + type(error).__name__]))
+    finally:
+        DBOS.destroy()
+"""
+
+
+def test_invalid_database_urls_fail_at_dbos_or_launch(tmp_path: Path) -> None:
+    urls = {
+        "not a url": ("DBOS()", "sqlalchemy.exc.ArgumentError"),
+        "postgresql://u:p@127.0.0.1:1/x": ("DBOS.launch()", "sqlalchemy.exc.OperationalError"),
+        f"sqlite:///{tmp_path}/no/such/dir/x.sqlite": (
+            "DBOS.launch()",
+            "sqlalchemy.exc.OperationalError",
+        ),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *urls],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    seen = {u: (s, e) for u, s, e in map(json.loads, proc.stdout.splitlines())}
+    assert seen == urls, proc.stderr[-3000:]
+
+
+def _pending(url: str, run_id: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT status FROM dbos.workflow_status WHERE workflow_uuid = %s", (run_id,)
+            ).fetchone()
+    except psycopg.Error:
+        return False  # not created yet
+    return row is not None and row[0] == "PENDING"
+
+
+def test_database_that_disappears_mid_run_is_retried_not_lost(
+    pg_server: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    import psycopg
+
+    name = f"dbos_llama_gone_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    worker = start_driver(f"{pg_server}/{name}", "sleeper", "gone-1", {"seconds": 6}, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _pending(f"{pg_server}/{name}", "gone-1"):
+            time.sleep(0.2)  # until the run has started (it sleeps 6 s durably)
+        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        time.sleep(4)
+        # The worker neither crashes nor reports a result: DBOS retries the database.
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        out, err = worker.communicate()
+    assert "RESULT" not in out
+    assert "Database connection failed" in err and "does not exist" in err
