@@ -13,7 +13,6 @@ from dbos import DBOSClient, SetWorkflowID, WorkflowSerializationFormat
 from dbos import error as dbos_error
 from dbos._serialization import Serializer
 from pydantic import BaseModel
-from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, HumanResponseEvent, StopEvent
@@ -22,7 +21,7 @@ from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
 from ._json_serializer import JsonDataSerializer
-from ._state import patches_of, rebuild_payload, successful_invocations
+from ._state import ImportedClassesSerializer, patches_of, rebuild_payload, successful_invocations
 from ._upstream import class_accepted_events
 from .errors import (
     EventNotAcceptedError,
@@ -376,7 +375,7 @@ class DurableClient:
         payload = rebuild_payload(base, patches_of(children))
         if payload.get("state_type") == DictState.__name__:
             return dict(payload["state_data"].get("_data", {}))
-        return await InMemoryStateStore.from_dict(payload, JsonSerializer()).get_state()
+        return await InMemoryStateStore.from_dict(payload, ImportedClassesSerializer()).get_state()
 
     async def cancel(self, run_id: str) -> bool:
         """Cancel the run and its unfinished steps (status CANCELLED).

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from pydantic import ValidationError
-from workflows.events import Event
+from workflows.events import Event, StartEvent, StopEvent
 from workflows.runtime.types.step_id import StepId
 from workflows.runtime.types.ticks import TickAddEvent
 
@@ -80,7 +80,8 @@ def declared_types(accepted: list[type[Any]]) -> dict[str, type[Event]]:
         if name not in found:
             found[name] = cls
             todo.extend(cls.__subclasses__())
-    return found
+    # Starting and ending a run are the run's own business, never an outside sender's.
+    return {n: c for n, c in found.items() if not issubclass(c, (StartEvent, StopEvent))}
 
 
 def decode(message: Any, accepted: list[type[Any]], run_id: str) -> TickAddEvent:

@@ -190,7 +190,10 @@ def fork_point(run_steps: list[dict[str, Any]], run_id: str, from_step: str) -> 
             c
             for c in calls
             if c.step == step
-            and (not number or _naming.invocation_number(c.invocation_id) == int(number))
+            and (
+                not number
+                or (number.isdigit() and _naming.invocation_number(c.invocation_id) == int(number))
+            )
         ),
         None,
     )

@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
+import inspect
 import json
 import sys
+import types
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -45,7 +47,12 @@ def _class(name: str) -> type:
             "this process (JSON serialization never imports a module named by stored data)."
         )
     for part in qualname.split("."):
-        obj = getattr(obj, part, None)
+        # Static lookup through modules and classes only: no module __getattr__ (which
+        # may import), no property or descriptor code runs.
+        if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
+            obj = None
+            break
+        obj = inspect.getattr_static(obj, part, None)
     if not isinstance(obj, type):
         raise TypeError(f"Cannot read a value of {name!r}: it is not a class here.")
     return obj
@@ -155,15 +162,18 @@ def decode(data: Any) -> Any:
         return model
     if tag == "dataclass" and dataclasses.is_dataclass(cls):
         obj = object.__new__(cls)
+        declared = {f.name for f in dataclasses.fields(cls)}
         for key, item in data["fields"].items():
-            object.__setattr__(obj, key, decode(item))
+            if key in declared:
+                object.__setattr__(obj, key, decode(item))
         return obj
     if tag == "exception" and issubclass(cls, BaseException):
         args = tuple(decode(data["args"]))
         exc = cls.__new__(cls, *args)
         exc.args = args
         for key, item in data["attrs"].items():
-            object.__setattr__(exc, key, decode(item))
+            if not key.startswith("__"):
+                object.__setattr__(exc, key, decode(item))
         return exc
     raise TypeError(f"Cannot read a stored {tag!r} value of {data['cls']!r}.")
 

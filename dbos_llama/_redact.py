@@ -19,6 +19,13 @@ class PasswordRedactor(logging.Filter):
     """Replaces URL passwords in a log record's message and traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._redact(record)
+        except Exception:  # a malformed record: let logging report it as it would
+            pass
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         clean = redact(message)
         if clean != message:
@@ -26,4 +33,3 @@ class PasswordRedactor(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             text = record.exc_text or "".join(traceback.format_exception(*record.exc_info))
             record.exc_text = redact(text)
-        return True

@@ -130,6 +130,8 @@ class RunState:
     executing: bool = False
     # Step invocations of the run executing in this process right now.
     local_steps: int = 0
+    # True once the run's own DBOS workflow body started in this process.
+    body_present: bool = False
     # True when this process is starting the run's DBOS workflow itself (not
     # recovering, resuming or dequeuing a fork of it).
     fresh: bool = False
@@ -410,8 +412,10 @@ class DBOSInternalAdapter(InternalRunAdapter):
         # The mailbox receive races the run's cancellation. A cancel is never
         # recorded in the run's history, so a cancelled run that is resumed waits
         # for its events again.
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
-            result = await self._receive_one(timeout_seconds)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            result = await self._receive_one(remaining)
             if not isinstance(result, WaitResultTick) or not envelope.is_envelope(result.tick):
                 return result
             # An event from outside the run, as JSON: delivered only if it is one the

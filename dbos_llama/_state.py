@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import sys
+import types
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -92,7 +95,7 @@ class DurableStateStore(Generic[M]):
         if not patches:
             return
         payload = rebuild_payload(self.payload(), patches)
-        self._inner = InMemoryStateStore.from_dict(payload, JsonSerializer())
+        self._inner = InMemoryStateStore.from_dict(payload, ImportedClassesSerializer())
         self._last = self.payload()
         self._journal.advance_past(max(seq for seq, _ in patches))
 
@@ -118,6 +121,30 @@ def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
 
 def _pointer(key: Any) -> str:
     return str(key).replace("~", "~0").replace("/", "~1")
+
+
+class ImportedClassesSerializer(JsonSerializer):
+    """Upstream's JSON serializer, resolving the classes a stored state names only
+    among modules this process has already imported: stored data never makes it
+    import a module."""
+
+    def resolve_class(self, qualified_name: str) -> type[Any]:
+        parts = qualified_name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            obj: Any = sys.modules.get(".".join(parts[:cut]))
+            if obj is None:
+                continue
+            for part in parts[cut:]:
+                if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
+                    obj = None
+                    break
+                obj = inspect.getattr_static(obj, part, None)
+            if isinstance(obj, type):
+                return obj
+        raise ValueError(
+            f"Stored state names class {qualified_name}, which is not imported in this "
+            "process: import the module that defines it before the run resumes."
+        )
 
 
 def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any]:

@@ -238,6 +238,7 @@ class Binding:
             run_id = DBOS.workflow_id
             assert run_id is not None
             run = run_state(run_id)
+            run.body_present = True  # its state stays in this process's table
             if not run.fresh:
                 # Recovered, resumed or forked (not started just now by this
                 # process): a fork onto other code carries its version.
@@ -321,7 +322,7 @@ class Binding:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)
                 run.local_steps -= 1
-                if run.local_steps == 0 and not run.executing and run.start_task is None:
+                if run.local_steps == 0 and not run.body_present and run.start_task is None:
                     # A step recovered here while its run executes elsewhere.
                     forget_run(run_id)
             return StepOutcome(

@@ -65,3 +65,17 @@ def test_values_round_trip_and_foreign_classes_are_refused() -> None:
         serializer.deserialize(crafted)
     with pytest.raises(TypeError, match="cannot be stored as JSON"):
         serializer.serialize(object())
+
+
+def test_stored_class_names_run_no_module_code() -> None:
+    import dbos_llama
+    from dbos_llama._state import ImportedClassesSerializer
+
+    # A name behind a module's lazy __getattr__ is not resolved (nothing is imported).
+    with pytest.raises(TypeError):
+        decode({"__dbos_llama__": "model", "cls": "dbos_llama:DurableLLM", "fields": {}})
+    assert "DurableLLM" not in vars(dbos_llama)
+    # State rebuilt from stored JSON resolves only classes of imported modules.
+    with pytest.raises(ValueError, match="not imported"):
+        ImportedClassesSerializer().resolve_class("some_module_never_imported.Evil")
+    assert ImportedClassesSerializer().resolve_class("tests.fuzz_flow.ItemDone") is ItemDone

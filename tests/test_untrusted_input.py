@@ -69,3 +69,15 @@ async def test_crafted_events_are_rejected_and_nothing_runs(sqlite_url: str, cap
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
         formats = {row[0] for row in conn.execute("SELECT serialization FROM notifications")}
     assert formats == {"portable_json"}
+
+
+def test_start_and_stop_events_are_never_taken_from_outside() -> None:
+    from workflows.events import StartEvent, StopEvent
+
+    from dbos_llama._envelope import declared_types
+    from dbos_llama._upstream import class_accepted_events
+
+    declared = declared_types(class_accepted_events(Approval))
+    assert declared  # the answer it waits for is declared...
+    # ...but starting or ending the run is never an outside sender's to do.
+    assert not [c for c in declared.values() if issubclass(c, (StartEvent, StopEvent))]
