@@ -133,10 +133,9 @@ class RunState:
     # True once the run's own DBOS workflow body started in this process.
     body_present: bool = False
     # True when this process is starting the run's DBOS workflow itself (not
-    # recovering, resuming or dequeuing a fork of it).
+    # recovering, resuming or dequeuing it): its body needs no recorded-version
+    # lookup, and this process sees every event the run publishes.
     fresh: bool = False
-    # True when this process started the run (so it saw every event it published).
-    started_here: bool = False
     # Stream events of finished step invocations, by upstream invocation ID, until
     # the run appends them to its durable stream.
     pending_stream: dict[str, list[Event]] = field(default_factory=dict)
@@ -558,7 +557,7 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         run = self._run
         if run.start_task is not None:
             await asyncio.shield(run.start_task)
-        if run.started_here:
+        if run.fresh:
             source = self._local_events()
         else:
             # The run executes (or executed) elsewhere or before this process
@@ -688,11 +687,9 @@ class DBOSRuntime(Runtime):
         ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
         run = run_state(run_id)
 
-        async def start() -> Any:
-            handle, run.started_here = await binding.start_run(run_id, start_event)
-            return handle
-
-        run.start_task = asyncio.get_running_loop().create_task(start())
+        run.start_task = asyncio.get_running_loop().create_task(
+            binding.start_run(run_id, start_event)
+        )
         return DBOSExternalAdapter(run)
 
     def get_internal_adapter(self, workflow: Workflow) -> InternalRunAdapter:

@@ -185,9 +185,9 @@ class Binding:
         return str(version)
 
     # -- starting a run -------------------------------------------------------------
-    async def start_run(self, run_id: str, start_event: StartEvent) -> tuple[Any, bool]:
-        """Start, enqueue or find the run's DBOS workflow: its DBOS handle, and
-        whether this call started it in this process."""
+    async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
+        """Start, enqueue or find the run's DBOS workflow; its DBOS handle. A run this
+        call starts in this process is marked ``fresh`` in its `RunState`."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -198,7 +198,7 @@ class Binding:
                     f"Run ID {run_id!r} already belongs to DBOS workflow "
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
-            return await DBOS.retrieve_workflow_async(run_id), False
+            return await DBOS.retrieve_workflow_async(run_id)
         attributes = SetWorkflowAttributes({_naming.VERSION_ATTR: self.version})
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
@@ -207,11 +207,10 @@ class Binding:
                 handle = await DBOS.enqueue_workflow_async(
                     self.queue, self.run_function, start_event, self.version
                 )
-            return handle, False
-        run_state(run_id).fresh = True  # its body needs no recorded-version lookup
+            return handle
+        run_state(run_id).fresh = True  # set before its body can start
         with SetWorkflowID(run_id), attributes:
-            handle = await DBOS.start_workflow_async(self.run_function, start_event, self.version)
-        return handle, True
+            return await DBOS.start_workflow_async(self.run_function, start_event, self.version)
 
     async def _check_queue(self) -> None:
         assert self.queue is not None
