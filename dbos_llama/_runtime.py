@@ -42,7 +42,7 @@ from . import _naming
 from ._registry import binding_of
 from ._serialization import ensure_serializable
 from ._state import DurableStateStore, Patch, StateJournal, completed_steps, patches_of
-from ._upstream import TICK_TYPES, class_accepted_events
+from ._upstream import TICK_TYPES, awaited_event_types, class_accepted_events
 from .errors import RejectedEventError
 
 if TYPE_CHECKING:
@@ -363,6 +363,9 @@ class DBOSInternalAdapter(InternalRunAdapter):
         self._run = run
         # Event types the run takes from outside senders (JSON envelopes).
         self._accepted = accepted or []
+        # An outside event the mailbox pull received, waiting for its decision.
+        self._arrival: tuple[dict[str, Any], asyncio.Future[WaitResult]] | None = None
+        self._arrived = asyncio.Event()
 
     @property
     def run_id(self) -> str:
@@ -386,6 +389,10 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def on_tick(self, tick: WorkflowTick) -> None:
+        if isinstance(tick, TickStepResult):
+            for awaited in awaited_event_types(tick.result):
+                if awaited not in self._run.awaited_types:
+                    self._run.awaited_types.append(awaited)
         if isinstance(tick, TickStepResult) and tick.invocation_id is not None:
             for event in self._run.pending_stream.pop(tick.invocation_id, ()):
                 await DBOS.write_stream_async(_naming.STREAM_KEY, event)
@@ -411,19 +418,43 @@ class DBOSInternalAdapter(InternalRunAdapter):
         # The mailbox receive races the run's cancellation. A cancel is never
         # recorded in the run's history, so a cancelled run that is resumed waits
         # for its events again.
-        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            result = await self._receive_one(remaining)
-            if not isinstance(result, WaitResultTick) or not envelope.is_envelope(result.tick):
-                return result
-            # An event from outside the run, as JSON: delivered only if it is one the
-            # workflow declares. A replay decodes the recorded message the same way.
-            try:
-                accepted = [*self._accepted, *self._run.awaited_types]
-                return WaitResultTick(tick=envelope.decode(result.tick, accepted, self.run_id))
-            except RejectedEventError as rejected:
-                logger.error("%s The run keeps waiting for its events.", rejected)
+        result = await self._receive_one(timeout_seconds)
+        if not isinstance(result, WaitResultTick) or not envelope.is_envelope(result.tick):
+            return result
+        # An event from outside the run, as JSON. It is decoded when the control loop
+        # takes this pull's result (`_settle_pull`), not when it arrives: that point
+        # comes in the same order in every replay, so the run accepts the same events
+        # (a replay receives its messages at once, while its steps still replay).
+        decided: asyncio.Future[WaitResult] = asyncio.get_running_loop().create_future()
+        self._arrival = (result.tick, decided)
+        self._arrived.set()
+        return await decided
+
+    async def _settle_pull(self, pull: asyncio.Task[Any]) -> None:
+        """Let the mailbox pull finish, deciding on an outside event it holds."""
+        arrived = asyncio.ensure_future(self._arrived.wait())
+        try:
+            await asyncio.wait([pull, arrived], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+        if self._arrival is not None:
+            message, decided = self._arrival
+            self._arrival = None
+            self._arrived.clear()
+            if not decided.done():
+                decided.set_result(self._decode(message))
+        await asyncio.wait([pull])
+
+    def _decode(self, message: dict[str, Any]) -> WaitResult:
+        # Delivered only if it is an event the workflow declares, or one its steps
+        # wait for (as far as the control loop has processed their results).
+        try:
+            accepted = [*self._accepted, *self._run.awaited_types]
+            return WaitResultTick(tick=envelope.decode(message, accepted, self.run_id))
+        except RejectedEventError as rejected:
+            logger.error("%s The run keeps waiting for its events.", rejected)
+            # The pull ends empty; the control loop starts the next one.
+            return WaitResultTimeout()
 
     async def _receive_one(self, timeout_seconds: float | None) -> WaitResult:
         receiving = asyncio.current_task()
@@ -474,16 +505,32 @@ class DBOSInternalAdapter(InternalRunAdapter):
         tasks = [n.task for n in named]
         if not tasks:
             return WaitForNextTaskResult(None, started)
+        pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
         if len(tasks) == 1 and timeout is None:
             # Nothing to choose between and no deadline: no checkpoint needed.
-            await asyncio.wait(tasks)
+            if pull is None:
+                await asyncio.wait(tasks)
+            else:
+                await self._settle_pull(tasks[0])
             return WaitForNextTaskResult(tasks[0], started)
 
         async def choose() -> tuple[int | None, float]:
-            done, _ = await asyncio.wait(
-                tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            # The pull counts as finished once an outside event reached it.
+            arrived = asyncio.ensure_future(self._arrived.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [*tasks, arrived], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                arrived.cancel()
+            first = next(
+                (
+                    i
+                    for i, task in enumerate(tasks)
+                    if task in done or (i == pull and arrived in done)
+                ),
+                None,
             )
-            first = next((i for i, task in enumerate(tasks) if task in done), None)
             return first, self._run.live_clock()
 
         # One checkpoint records which task finished first (or that the deadline
@@ -492,7 +539,9 @@ class DBOSInternalAdapter(InternalRunAdapter):
         if index is None:
             return WaitForNextTaskResult(None, started)
         completed = tasks[index]
-        if not completed.done():  # replaying: the recorded task finishes now
+        if index == pull:
+            await self._settle_pull(completed)
+        elif not completed.done():  # replaying: the recorded task finishes now
             await asyncio.wait([completed])
         return WaitForNextTaskResult(completed, started)
 

@@ -36,7 +36,7 @@ from ._runtime import (
 )
 from ._serialization import ensure_serializable, storable_exception
 from ._state import Patch
-from ._upstream import awaited_event_types, class_step_names, step_source
+from ._upstream import class_step_names, step_source
 from .errors import (
     NotSerializableError,
     QueueNotFoundError,
@@ -376,9 +376,6 @@ class Binding:
             run.inflight.discard(invocation_id)
             # The invocation may have run in another process (recovered elsewhere).
             run.absorb(workflow, invocation_id, outcome.state)
-            for awaited in awaited_event_types(outcome.outputs):
-                if awaited not in run.awaited_types:
-                    run.awaited_types.append(awaited)
             if outcome.stream and state.invocation_id is not None:
                 run.pending_stream[state.invocation_id] = outcome.stream
             return outcome.outputs
