@@ -14,6 +14,9 @@ NAME_PREFIX = "llama:"
 TICK_TOPIC = "dbos_llama.tick"
 #: Name of the checkpoint recording which running task finished first, and when.
 NEXT_STEP = "dbos_llama.next"
+#: Name of the checkpoint recording that, while one step ran, the mailbox or a
+#: deadline came first (a step finishing first needs no checkpoint).
+WAKE_STEP = "dbos_llama.wake"
 #: Name of the checkpoint recording a run's start time (its clock's origin).
 CLOCK_STEP = "dbos_llama.clock"
 #: Key of the DBOS stream (on the run's workflow) holding the run's published events.
@@ -58,6 +61,11 @@ def step_workflow_name(name: str, step: str) -> str:
 def step_invocation_id(run_id: str, step: str, number: int) -> str:
     """Deterministic DBOS workflow ID of the ``number``-th step invocation of a run."""
     return f"{run_id}/{step}/{number}"
+
+
+def invocation_key(invocation_id: str) -> str:
+    """The part of a step invocation ID after its run ID: ``STEP/NUMBER``."""
+    return "/".join(invocation_id.rsplit("/", 2)[-2:])
 
 
 def parse_step_workflow_name(dbos_name: str) -> tuple[str, str] | None:

@@ -7,6 +7,7 @@ import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -144,6 +145,18 @@ class RunState:
     awaited_types: list[type[Any]] = field(default_factory=list)
     # Step invocation IDs of each upstream work item, in call order.
     work_items: dict[str, list[str]] = field(default_factory=dict)
+    # Recorded `WAKE_STEP` decisions of the executing body, by wait number: what a
+    # replay takes instead of the step it waited for.
+    wakes: dict[int, str] = field(default_factory=dict)
+    # Recorded step invocation IDs by `invocation_key` (see `load_wakes`).
+    recorded_children: dict[str, str] = field(default_factory=dict)
+    # The step invocation each worker task calls, and the run's clock at its end.
+    task_invocations: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    task_clocks: weakref.WeakKeyDictionary[asyncio.Task[Any], float | None] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
     # The run's outcome as DBOS records it, awaited by every local waiter.
     outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
@@ -200,6 +213,38 @@ class RunState:
         # does not count as alive time (for `Workflow(timeout=...)`).
         self._resume_real_time = None if executed else started
         self.brand_new = executed
+
+    def clock_if_live(self) -> float | None:
+        """The clock now if the run executes here past its replay, else None."""
+        if not self.executing or self._resume_real_time is not None:
+            return None
+        return time.time() - self._clock_offset
+
+    def elapsed_since_clock(self) -> float:
+        """Seconds of live time since the last recorded clock (0 while replaying)."""
+        live = self.clock_if_live()
+        return 0.0 if live is None else max(0.0, live - self.clock)
+
+    async def load_wakes(self) -> None:
+        """Read what a replay of the run's body needs from its recorded calls: the
+        `WAKE_STEP` decisions, and the step invocations it calls (a fork's reused
+        ones keep the IDs of the run they come from)."""
+        self.wakes = {}
+        self.recorded_children = {}
+        if self.brand_new:
+            return
+        steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
+        for row in steps:
+            if row["function_name"] == _naming.WAKE_STEP and row["output"] is not None:
+                number, kind, _clock = row["output"]
+                self.wakes[int(number)] = str(kind)
+            child = row.get("child_workflow_id")
+            if child and child.count("/") >= 2:
+                self.recorded_children[_naming.invocation_key(child)] = child
+
+    def invocation_in_db(self, invocation_id: str) -> str:
+        """The ID DBOS records for this run's step invocation ``invocation_id``."""
+        return self.recorded_children.get(_naming.invocation_key(invocation_id), invocation_id)
 
     def live_clock(self) -> float:
         """The clock at a decision made now (not replayed)."""
@@ -366,6 +411,8 @@ class DBOSInternalAdapter(InternalRunAdapter):
         # An outside event the mailbox pull received, waiting for its decision.
         self._arrival: tuple[dict[str, Any], asyncio.Future[WaitResult]] | None = None
         self._arrived = asyncio.Event()
+        # Calls of `wait_for_next_task` so far: the same sequence in every replay.
+        self._waits = 0
 
     @property
     def run_id(self) -> str:
@@ -501,11 +548,17 @@ class DBOSInternalAdapter(InternalRunAdapter):
         # Start in the given (deterministic) order: each task takes its DBOS function
         # IDs synchronously when it first runs, and first runs happen in FIFO order.
         started = [p.start(asyncio.create_task(p.coro)) for p in pending]
+        if started:
+            # Let each new task run to its first DBOS call, which takes its function
+            # IDs: before any checkpoint below, live and replaying alike.
+            await asyncio.sleep(0)
         named = sorted([*running, *started], key=_task_order)
         tasks = [n.task for n in named]
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        number = self._waits
+        self._waits += 1
         if len(tasks) == 1 and timeout is None:
             # Nothing to choose between and no deadline: no checkpoint needed.
             if pull is None:
@@ -513,6 +566,8 @@ class DBOSInternalAdapter(InternalRunAdapter):
             else:
                 await self._settle_pull(tasks[0])
             return WaitForNextTaskResult(tasks[0], started)
+        if len(tasks) == 2 and pull == 1:
+            return await self._one_step(number, tasks[0], tasks[1], timeout, started)
 
         async def choose() -> tuple[int | None, float]:
             # The pull counts as finished once an outside event reached it.
@@ -544,6 +599,97 @@ class DBOSInternalAdapter(InternalRunAdapter):
         elif not completed.done():  # replaying: the recorded task finishes now
             await asyncio.wait([completed])
         return WaitForNextTaskResult(completed, started)
+
+    async def _one_step(
+        self,
+        number: int,
+        worker: asyncio.Task[Any],
+        pull: asyncio.Task[Any],
+        timeout: float | None,
+        started: list[NamedTask],
+    ) -> WaitForNextTaskResult:
+        """One step runs beside the mailbox: the common case, checkpointed only when
+        the step does not finish first.
+
+        The step finishing first needs no record: a replay waits for it, and takes
+        the run's clock from its recorded result. The mailbox or the deadline coming
+        first is recorded (`WAKE_STEP`), by wait number; a replay reads those records
+        when its body starts. Either one counts as first only while the step's DBOS
+        workflow is still unfinished in the database, so a replay, which receives
+        recorded messages at once, never takes them ahead of a step that finished.
+        """
+        run = self._run
+        recorded = run.wakes.get(number)
+        kind: str | None = recorded
+        if kind is None:
+            kind = await self._race(worker, pull, timeout)
+        if kind == "step":
+            return await self._step_won(worker, started)
+        if kind == "cancel":  # never recorded: a resumed run waits again
+            return WaitForNextTaskResult(pull, started)
+
+        def wake() -> tuple[int, str, float]:
+            return number, kind, run.live_clock()
+
+        _number, kind, run.clock = await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake)
+        if kind == "pull":
+            await self._settle_pull(pull)
+            return WaitForNextTaskResult(pull, started)
+        return WaitForNextTaskResult(None, started)  # the deadline came
+
+    async def _race(
+        self, worker: asyncio.Task[Any], pull: asyncio.Task[Any], timeout: float | None
+    ) -> str:
+        """What comes first, live: "step", "pull", "cancel" or "timeout"."""
+        arrived = asyncio.ensure_future(self._arrived.wait())
+        remaining = None if timeout is None else max(0.0, timeout - self._run.elapsed_since_clock())
+        try:
+            done, _ = await asyncio.wait(
+                [worker, pull, arrived], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            arrived.cancel()
+        if worker in done:
+            return "step"
+        if pull in done and not pull.cancelled() and pull.exception() is None:
+            if isinstance(pull.result(), TickCancelRun):
+                return "cancel"
+        if await self._step_finished(worker):
+            return "step"
+        return "pull" if done else "timeout"
+
+    async def _step_finished(self, worker: asyncio.Task[Any]) -> bool:
+        """Whether the worker's step invocation has finished in the database (one
+        not created yet has not)."""
+        invocation_id = self._run.task_invocations.get(worker)
+        if invocation_id is None:
+            return False
+        status = await outside_workflow(
+            functools.partial(DBOS.get_workflow_status, self._run.invocation_in_db(invocation_id))
+        )
+        return status is not None and status.status not in _UNFINISHED
+
+    async def _step_won(
+        self, worker: asyncio.Task[Any], started: list[NamedTask]
+    ) -> WaitForNextTaskResult:
+        if not worker.done():
+            await asyncio.wait([worker])
+        clock = self._run.task_clocks.pop(worker, None)
+        if clock is not None:
+            # The run's clock as the step's recorded result says it ended.
+            self._run.clock = max(self._run.clock, clock)
+        else:
+            # A step that ended while the run replayed, or elsewhere: its time is
+            # recorded here, for what its result schedules (a retry, a timeout).
+            def when() -> tuple[int | None, float]:
+                return 0, self._run.live_clock()
+
+            _index, self._run.clock = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, when)
+        return WaitForNextTaskResult(worker, started)
+
+
+#: DBOS statuses of a workflow that has not finished.
+_UNFINISHED = frozenset({"PENDING", "ENQUEUED", "DELAYED"})
 
 
 async def _done() -> None:

@@ -246,6 +246,7 @@ class Binding:
             workflow = await binding.instance_for(run_id)
             run.executing = True
             await run.start_clock()
+            await run.load_wakes()
             await run.restore_state(workflow)
             token = _current_run_id.set(run_id)
             try:
@@ -325,7 +326,10 @@ class Binding:
                     # A step recovered here while its run executes elsewhere.
                     forget_run(run_id)
             return StepOutcome(
-                _storable_outputs(step_name, outputs), invocation.stream, invocation.state
+                _storable_outputs(step_name, outputs),
+                invocation.stream,
+                invocation.state,
+                run.clock_if_live(),
             )
 
         step_body.__qualname__ = f"step[{self.name}]"
@@ -356,6 +360,9 @@ class Binding:
             rerun_of = _rerun_of(run.work_items, state, invocation_id)
             retry = _storable_retry(retry)
             run.inflight.add(invocation_id)
+            task = asyncio.current_task()
+            if task is not None:
+                run.task_invocations[task] = invocation_id
             with SetWorkflowID(invocation_id):
                 try:
                     outcome = await step_function(
@@ -374,6 +381,8 @@ class Binding:
                     run.inflight.discard(invocation_id)
                     raise
             run.inflight.discard(invocation_id)
+            if task is not None:
+                run.task_clocks[task] = outcome.clock
             # The invocation may have run in another process (recovered elsewhere).
             run.absorb(workflow, invocation_id, outcome.state)
             if outcome.stream and state.invocation_id is not None:
@@ -416,6 +425,8 @@ class StepOutcome:
     outputs: list[StepWorkerOutput]
     stream: list[Event]
     state: list[Patch] = dataclasses.field(default_factory=list)
+    # The run's clock when the step ended, if the run executed live in this process.
+    clock: float | None = None
 
 
 def _storable_retry(retry: RetryAttempt) -> RetryAttempt:

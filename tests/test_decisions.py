@@ -1,0 +1,131 @@
+"""Which decisions a run records: none when a lone step finishes first, and the clock
+still right for what a step's result schedules (retries, waiter timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from dbos import DBOS
+from workflows import Context, Workflow, step
+from workflows.errors import WorkflowTimeoutError
+from workflows.events import Event, HumanResponseEvent, StartEvent, StopEvent
+from workflows.retry_policy import ConstantDelayRetryPolicy
+
+from dbos_llama import durable
+
+
+class Hop(Event):
+    value: int
+
+
+@durable
+class ThreeHops(Workflow):
+    @step
+    async def one(self, ev: StartEvent) -> Hop:
+        return Hop(value=1)
+
+    @step
+    async def two(self, ev: Hop) -> StopEvent | Hop:
+        if ev.value < 3:
+            return Hop(value=ev.value + 1)
+        return StopEvent(result=ev.value)
+
+
+attempts: list[tuple[float, float]] = []
+
+
+@durable
+class SlowFailure(Workflow):
+    @step(retry_policy=ConstantDelayRetryPolicy(delay=0.5, maximum_attempts=2))
+    async def only(self, ev: StartEvent) -> StopEvent:
+        began = time.monotonic()
+        await asyncio.sleep(0.6)  # longer than the retry delay
+        attempts.append((began, time.monotonic()))
+        if len(attempts) == 1:
+            raise RuntimeError("first attempt fails")
+        return StopEvent(result="second")
+
+
+@durable
+class LateWaiter(Workflow):
+    @step
+    async def only(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        await asyncio.sleep(0.6)  # the step runs a while before it waits
+        answer = await ctx.wait_for_event(HumanResponseEvent, timeout=0.5)
+        return StopEvent(result=answer.response)
+
+
+class Go(Event):
+    pass
+
+
+@durable
+class LoneThenPair(Workflow):
+    """A lone step (no record when it ends), then two slow steps side by side."""
+
+    @step
+    async def lone(self, ev: StartEvent) -> Go:
+        await asyncio.sleep(2.0)
+        return Go()  # both `left` and `right` take it
+
+    @step
+    async def left(self, ev: Go) -> StopEvent:
+        await asyncio.sleep(10)
+        return StopEvent(result="too late")
+
+    @step
+    async def right(self, ev: Go) -> StopEvent:
+        await asyncio.sleep(10)
+        return StopEvent(result="too late")
+
+
+async def recorded_names(run_id: str) -> list[str]:
+    steps = await DBOS.list_workflow_steps_async(run_id)
+    return [s["function_name"] for s in steps]
+
+
+async def test_steps_finishing_first_record_no_decision(dbos_app: str) -> None:
+    assert await ThreeHops(timeout=None).run(run_id="hops-1") == 3
+    names = await recorded_names("hops-1")
+    assert [n for n in names if n.startswith("llama:")] == [
+        "llama:tests.test_decisions.ThreeHops/one",
+        *["llama:tests.test_decisions.ThreeHops/two"] * 3,
+    ]
+    assert "dbos_llama.next" not in names and "dbos_llama.wake" not in names
+
+
+async def test_steps_beside_a_run_timeout_record_no_decision(dbos_app: str) -> None:
+    # A run timeout is a pending deadline at every wait: steps that finish before
+    # it still need no record.
+    assert await ThreeHops(timeout=60).run(run_id="hops-2") == 3
+    names = await recorded_names("hops-2")
+    assert "dbos_llama.next" not in names and "dbos_llama.wake" not in names
+
+
+async def test_retry_delay_counts_from_the_failure(dbos_app: str) -> None:
+    attempts.clear()
+    assert await SlowFailure(timeout=None).run(run_id="slow-fail-1") == "second"
+    (_, first_end), (second_start, _) = attempts
+    # The failure's time is recorded: the delay is not measured from an older clock.
+    assert second_start - first_end >= 0.45
+
+
+async def test_waiter_timeout_counts_from_the_wait(dbos_app: str) -> None:
+    handler = LateWaiter(timeout=None).run(run_id="late-wait-1")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="HumanResponseEvent"):
+        await handler
+    # 0.6 s of step, then the full 0.5 s of waiting (not cut short by the step's time).
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_run_timeout_counts_the_time_of_unrecorded_steps(dbos_app: str) -> None:
+    # The lone step's end is not recorded as a decision; the run's clock still
+    # advances by its 2 s (from the step's recorded result), so the 3 s run timeout
+    # fires about 1 s into the pair of slow steps, not 3 s into them.
+    started = time.monotonic()
+    with pytest.raises(WorkflowTimeoutError):
+        await LoneThenPair(timeout=3.0).run(run_id="lone-pair-1")
+    assert time.monotonic() - started < 4.5
