@@ -322,8 +322,9 @@ class DurableClient:
     async def read_stream(
         self, run_id: str, offset: int = 0, follow: bool = True
     ) -> AsyncIterator[Event]:
-        """The run's stored event stream from ``offset``: live until the run ends,
-        or (``follow=False``) only what is stored now."""
+        """The run's stored event stream from ``offset``: live until the run ends
+        (its StopEvent is the last event), or (``follow=False``) only what is
+        stored now."""
         async for entry in self.stream_entries(run_id, offset, follow):
             if entry.unreadable is not None:
                 raise TypeError(f"Stream value {entry.offset} of {run_id!r}: {entry.unreadable}")
@@ -347,6 +348,8 @@ class DurableClient:
                 async for event in values:
                     yield StreamEntry(offset, event)
                     offset += 1
+                    if isinstance(event, StopEvent):
+                        return  # a run's last stream event
                 return
             except dbos_error.DBOSStreamTimeoutError:
                 return  # not following: everything stored so far was read

@@ -119,8 +119,8 @@ class RunState:
     clock: float = 0.0
     _clock_offset: float = 0.0
     _resume_real_time: float | None = None
-    # True when this process started the run's clock for the first time (not a
-    # replay): no step of the run can have completed before.
+    # True when this process just started the run (not a replay, not dequeued): no
+    # step of the run can have completed before.
     brand_new: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
@@ -143,6 +143,8 @@ class RunState:
     # Event types steps of the run waited for with ``ctx.wait_for_event``: outside
     # senders may deliver them (besides the events the workflow's steps accept).
     awaited_types: list[type[Any]] = field(default_factory=list)
+    # Event types the workflow's steps accept (computed once per run).
+    accepted: list[type[Any]] | None = None
     # Step invocation IDs of each upstream work item, in call order.
     work_items: dict[str, list[str]] = field(default_factory=dict)
     # Recorded `WAKE_STEP` decisions of the executing body, by wait number: what a
@@ -197,22 +199,18 @@ class RunState:
             self.store_for(workflow).restore(patches)
         self.absorbed.add(invocation_id)
 
-    async def start_clock(self) -> None:
-        """Start (or, replaying, restore) the run's recorded clock."""
-        started = time.time()
-        executed = False
+    def start_clock(self, started_at: float) -> None:
+        """Start (or, replaying, restore) the run's clock from its recorded start.
 
-        def now() -> float:
-            nonlocal executed
-            executed = True
-            return started
-
-        self.clock = await DBOS.run_step_async({"name": _naming.CLOCK_STEP}, now)
-        # Replaying a run that a crash interrupted: once the replay is over, the
-        # clock resumes where the last recorded decision left it, so the downtime
-        # does not count as alive time (for `Workflow(timeout=...)`).
-        self._resume_real_time = None if executed else started
-        self.brand_new = executed
+        ``started_at`` is an input of the run's DBOS workflow (recorded with it, so
+        every replay gets the same). A run this process just started is brand new.
+        Any other execution (recovered, resumed, dequeued, forked) resumes the clock
+        where the recorded decisions leave it once its replay is over, so time
+        spent down or queued does not count as alive time (`Workflow(timeout=...)`).
+        """
+        self.clock = started_at
+        self.brand_new = self.fresh
+        self._resume_real_time = None if self.fresh else time.time()
 
     def clock_if_live(self) -> float | None:
         """The clock now if the run executes here past its replay, else None."""
@@ -357,9 +355,12 @@ cancel_watcher = CancelWatcher()
 
 
 async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:
-    """The durable stream of a run from ``offset``, live until the run ends."""
+    """The durable stream of a run from ``offset``, live until its StopEvent (or,
+    for a run that failed or was cancelled, until DBOS sees it ended)."""
     async for event in DBOS.read_stream_async(run_id, _naming.STREAM_KEY, offset=offset):
         yield event
+        if isinstance(event, StopEvent):
+            return
 
 
 def run_state(run_id: str) -> RunState:
@@ -896,7 +897,9 @@ class DBOSRuntime(Runtime):
             )
         run = run_state(run_id)
         run.store_for(workflow)
-        return DBOSInternalAdapter(run, class_accepted_events(type(workflow)))
+        if run.accepted is None:  # once per run: every step invocation asks again
+            run.accepted = class_accepted_events(type(workflow))
+        return DBOSInternalAdapter(run, run.accepted)
 
     def get_external_adapter(self, run_id: str) -> ExternalRunAdapter:
         return DBOSExternalAdapter(run_state(run_id))

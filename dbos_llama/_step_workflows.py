@@ -205,12 +205,14 @@ class Binding:
             await self._check_queue()
             with SetWorkflowID(run_id), attributes:
                 handle = await DBOS.enqueue_workflow_async(
-                    self.queue, self.run_function, start_event, self.version
+                    self.queue, self.run_function, start_event, self.version, time.time()
                 )
             return handle
         run_state(run_id).fresh = True  # set before its body can start
         with SetWorkflowID(run_id), attributes:
-            return await DBOS.start_workflow_async(self.run_function, start_event, self.version)
+            return await DBOS.start_workflow_async(
+                self.run_function, start_event, self.version, time.time()
+            )
 
     async def _check_queue(self) -> None:
         assert self.queue is not None
@@ -233,7 +235,7 @@ class Binding:
     def _make_run_body(self) -> Callable[..., Any]:
         binding = self
 
-        async def run_body(start_event: StartEvent, version: str) -> StopEvent:
+        async def run_body(start_event: StartEvent, version: str, started_at: float) -> StopEvent:
             run_id = DBOS.workflow_id
             assert run_id is not None
             run = run_state(run_id)
@@ -245,7 +247,7 @@ class Binding:
             await binding.hold_if_other_version(run_id, version)
             workflow = await binding.instance_for(run_id)
             run.executing = True
-            await run.start_clock()
+            run.start_clock(started_at)
             await run.load_wakes()
             await run.restore_state(workflow)
             token = _current_run_id.set(run_id)
@@ -268,7 +270,8 @@ class Binding:
                     f"Run {run_id!r} was cancelled"
                 ) from error
             else:
-                await DBOS.close_stream_async(_naming.STREAM_KEY)
+                # No close of the stream: it ends with the StopEvent, and DBOS ends
+                # its readers when the run's workflow ends.
                 return result
             finally:
                 _current_run_id.reset(token)
