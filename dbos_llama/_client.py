@@ -322,9 +322,9 @@ class DurableClient:
     async def read_stream(
         self, run_id: str, offset: int = 0, follow: bool = True
     ) -> AsyncIterator[Event]:
-        """The run's stored event stream from ``offset``: live until the run ends
-        (its StopEvent is the last event), or (``follow=False``) only what is
-        stored now."""
+        """The run's event stream from ``offset``: live until the run ends, or
+        (``follow=False``) only what is stored now. A run that succeeded ends it with
+        its StopEvent (its recorded result)."""
         async for entry in self.stream_entries(run_id, offset, follow):
             if entry.unreadable is not None:
                 raise TypeError(f"Stream value {entry.offset} of {run_id!r}: {entry.unreadable}")
@@ -336,7 +336,8 @@ class DurableClient:
         """Like `read_stream`, with offsets, and going past values whose class cannot
         be imported here (reported as unreadable) instead of failing on them."""
         await self.get_run(run_id)
-        while True:
+        ended = False
+        while not ended:
             values = self._dbos.read_stream_async(
                 run_id,
                 _naming.STREAM_KEY,
@@ -349,10 +350,10 @@ class DurableClient:
                     yield StreamEntry(offset, event)
                     offset += 1
                     if isinstance(event, StopEvent):
-                        return  # a run's last stream event
-                return
+                        return  # stored by an earlier version of dbos_llama
+                ended = True
             except dbos_error.DBOSStreamTimeoutError:
-                return  # not following: everything stored so far was read
+                ended = True  # not following: everything stored so far was read
             except dbos_error.DBOSException:
                 raise
             except Exception as error:  # the value's class is not importable here
@@ -361,6 +362,20 @@ class DurableClient:
                 offset += 1
             finally:
                 await values.aclose()
+        last = await self._stop_event(run_id, offset)
+        if last is not None:
+            yield last
+
+    async def _stop_event(self, run_id: str, offset: int) -> StreamEntry | None:
+        """The StopEvent of a run that succeeded, as the entry after its stream."""
+        handle = await self._dbos.retrieve_workflow_async(run_id)
+        if (await handle.get_status()).status != "SUCCESS":
+            return None
+        try:
+            stop = await handle.get_result()
+        except Exception as error:  # the result's class is not importable here
+            return StreamEntry(offset, None, f"not readable here ({type(error).__name__}: {error})")
+        return StreamEntry(offset, stop)
 
     async def get_state(self, run_id: str) -> Any:
         """The run's ``ctx.store`` state as its completed steps left it.

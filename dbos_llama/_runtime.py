@@ -126,6 +126,9 @@ class RunState:
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
     inflight: set[str] = field(default_factory=set)
+    # Step invocations whose code has returned in this process (DBOS may still be
+    # recording their results).
+    finished_bodies: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     executing: bool = False
@@ -355,12 +358,14 @@ cancel_watcher = CancelWatcher()
 
 
 async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:
-    """The durable stream of a run from ``offset``, live until its StopEvent (or,
-    for a run that failed or was cancelled, until DBOS sees it ended)."""
-    async for event in DBOS.read_stream_async(run_id, _naming.STREAM_KEY, offset=offset):
+    """The stored stream of a run from ``offset``, live until the run ends (its
+    StopEvent is not in it: it is the run's result)."""
+    async for event in DBOS.read_stream_async(
+        run_id, _naming.STREAM_KEY, offset=offset, polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
+    ):
         yield event
         if isinstance(event, StopEvent):
-            return
+            return  # stored by an earlier version of dbos_llama
 
 
 def run_state(run_id: str) -> RunState:
@@ -433,7 +438,11 @@ class DBOSInternalAdapter(InternalRunAdapter):
             # after a crash never stores its events twice.
             invocation.stream.append(event)
             return _done()
-        # The control loop itself (e.g. the StopEvent): a checkpointed write.
+        if isinstance(event, StopEvent):
+            # Recorded as the run's result: readers of the stored stream end it with
+            # that (not worth two rows of the stream).
+            return _done()
+        # The control loop itself (e.g. a waiter's event): a checkpointed write.
         return DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def on_tick(self, tick: WorkflowTick) -> None:
@@ -597,9 +606,29 @@ class DBOSInternalAdapter(InternalRunAdapter):
         completed = tasks[index]
         if index == pull:
             await self._settle_pull(completed)
-        elif not completed.done():  # replaying: the recorded task finishes now
-            await asyncio.wait([completed])
+        else:
+            if not completed.done():  # replaying: the recorded task finishes now
+                await asyncio.wait([completed])
+            await self._let_siblings_finish_recording(completed, tasks)
         return WaitForNextTaskResult(completed, started)
+
+    async def _let_siblings_finish_recording(
+        self, completed: asyncio.Task[Any], tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """Before a StopEvent ends the run (and upstream cancels the other steps),
+        wait for the steps whose code has returned here while DBOS records their
+        results, so none is cut off mid-record (and then cancelled as unfinished)."""
+        if not _stops(completed):
+            return
+        recording = [
+            task
+            for task in tasks
+            if task is not completed
+            and not task.done()
+            and self._run.task_invocations.get(task) in self._run.finished_bodies
+        ]
+        if recording:
+            await asyncio.wait(recording)
 
     async def _one_step(
         self,
@@ -687,6 +716,16 @@ class DBOSInternalAdapter(InternalRunAdapter):
 
             _index, self._run.clock = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, when)
         return WaitForNextTaskResult(worker, started)
+
+
+def _stops(task: asyncio.Task[Any]) -> bool:
+    """Whether a finished worker task's step returned a StopEvent."""
+    if task.cancelled() or task.exception() is not None:
+        return False
+    tick = task.result()
+    return isinstance(tick, TickStepResult) and any(
+        isinstance(getattr(r, "result", None), StopEvent) for r in tick.result
+    )
 
 
 #: DBOS statuses of a workflow that has not finished.

@@ -321,6 +321,7 @@ class Binding:
                     bound_events=bound_events,
                     retry=retry,
                 )
+                run.finished_bodies.add(invocation_id)
             finally:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 from dbos import DBOSClient
 from workflows.events import StopEvent
 
+from dbos_llama import DurableClient
 from dbos_llama._naming import STREAM_KEY
 from tests.conftest import kill_then_finish, read_log
 from tests.flows import Progress, Streamer
@@ -15,12 +17,23 @@ from tests.flows import Progress, Streamer
 EXPECTED = [0, 1, 2, 3]
 
 
-def stored_stream(db_url: str, run_id: str, offset: int = 0) -> list:
+def raw_stream(db_url: str, run_id: str, offset: int = 0) -> list:
+    """The DBOS stream itself, read with plain DBOS."""
     client = DBOSClient(system_database_url=db_url)
     try:
         return list(client.read_stream(run_id, STREAM_KEY, offset=offset))
     finally:
         client.destroy()
+
+
+async def read_stored(db_url: str, run_id: str, offset: int = 0) -> list:
+    """The run's stream as `DurableClient.read_stream` gives it (StopEvent last)."""
+    async with DurableClient(db_url) as client:
+        return [e async for e in client.read_stream(run_id, offset=offset)]
+
+
+def stored_stream(db_url: str, run_id: str, offset: int = 0) -> list:
+    return asyncio.run(read_stored(db_url, run_id, offset))
 
 
 def progress(events: list) -> list[int]:
@@ -38,6 +51,9 @@ def test_stream_is_stored_exactly_once_across_a_crash(
     assert progress(events) == EXPECTED  # no duplicates, no gaps, in order
     assert isinstance(events[-1], StopEvent) and events[-1].result == "<s-one>"
     assert progress(stored_stream(db_url, "s-1", offset=2)) == EXPECTED[2:]
+    # In the database: each event once; the StopEvent is the run's result, not stored twice.
+    raw = raw_stream(db_url, "s-1")
+    assert progress(raw) == EXPECTED and not any(isinstance(e, StopEvent) for e in raw)
     assert read_log(log)["effect:s-one"] == 1
 
 
@@ -46,8 +62,9 @@ async def test_stream_events_live_and_stored(dbos_app: str) -> None:
     live = [ev async for ev in handler.stream_events()]
     assert await handler == "<s-one>"
     assert progress(live) == EXPECTED and isinstance(live[-1], StopEvent)
-    stored = stored_stream(dbos_app, "live-1")
+    stored = await read_stored(dbos_app, "live-1")
     assert progress(stored) == EXPECTED and isinstance(stored[-1], StopEvent)
+    assert progress(raw_stream(dbos_app, "live-1")) == EXPECTED
 
 
 async def test_attached_handler_streams_the_stored_events(dbos_app: str) -> None:
