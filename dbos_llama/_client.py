@@ -336,8 +336,31 @@ class DurableClient:
         """Like `read_stream`, with offsets, and going past values whose class cannot
         be imported here (reported as unreadable) instead of failing on them."""
         await self.get_run(run_id)
-        ended = False
-        while not ended:
+        async for entry in self._stored_entries(run_id, offset, follow):
+            yield entry
+            offset = entry.offset + 1
+            if isinstance(entry.event, StopEvent):
+                return  # stored by an earlier version of dbos_llama
+        handle = await self._dbos.retrieve_workflow_async(run_id)
+        if (await handle.get_status()).status != "SUCCESS":
+            return
+        if not follow:
+            # The run may have stored more events between that read and its end.
+            async for entry in self._stored_entries(run_id, offset, False):
+                yield entry
+                offset = entry.offset + 1
+        try:
+            stop = await handle.get_result()
+        except Exception as error:  # the result's class is not importable here
+            yield StreamEntry(offset, None, f"not readable here ({type(error).__name__}: {error})")
+            return
+        yield StreamEntry(offset, stop)
+
+    async def _stored_entries(
+        self, run_id: str, offset: int, follow: bool
+    ) -> AsyncIterator[StreamEntry]:
+        """The values stored in the run's DBOS stream from ``offset``."""
+        while True:
             values = self._dbos.read_stream_async(
                 run_id,
                 _naming.STREAM_KEY,
@@ -349,11 +372,9 @@ class DurableClient:
                 async for event in values:
                     yield StreamEntry(offset, event)
                     offset += 1
-                    if isinstance(event, StopEvent):
-                        return  # stored by an earlier version of dbos_llama
-                ended = True
+                return
             except dbos_error.DBOSStreamTimeoutError:
-                ended = True  # not following: everything stored so far was read
+                return  # not following: everything stored so far was read
             except dbos_error.DBOSException:
                 raise
             except Exception as error:  # the value's class is not importable here
@@ -362,20 +383,6 @@ class DurableClient:
                 offset += 1
             finally:
                 await values.aclose()
-        last = await self._stop_event(run_id, offset)
-        if last is not None:
-            yield last
-
-    async def _stop_event(self, run_id: str, offset: int) -> StreamEntry | None:
-        """The StopEvent of a run that succeeded, as the entry after its stream."""
-        handle = await self._dbos.retrieve_workflow_async(run_id)
-        if (await handle.get_status()).status != "SUCCESS":
-            return None
-        try:
-            stop = await handle.get_result()
-        except Exception as error:  # the result's class is not importable here
-            return StreamEntry(offset, None, f"not readable here ({type(error).__name__}: {error})")
-        return StreamEntry(offset, stop)
 
     async def get_state(self, run_id: str) -> Any:
         """The run's ``ctx.store`` state as its completed steps left it.

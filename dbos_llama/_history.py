@@ -179,9 +179,8 @@ def fork_point(run_steps: list[dict[str, Any]], run_id: str, from_step: str) -> 
     """The DBOS function ID to fork ``run_id`` at so that ``from_step`` (a step name,
     or ``step/N`` for its invocation number N) and everything after it run again.
 
-    It is the call of that step's first invocation, or the decision just before it
-    (``dbos_llama.next``) when that decision awaited it: the fork then waits for the
-    re-executed step itself instead of replaying which task finished first.
+    It is the call of that step's invocation: the fork waits for the re-executed step
+    itself instead of replaying which task finished first.
     """
     step, _, number = from_step.partition("/")
     calls = step_calls(run_steps)
@@ -204,9 +203,8 @@ def fork_point(run_steps: list[dict[str, Any]], run_id: str, from_step: str) -> 
             f"recorded steps are: {', '.join(recorded) or 'none yet'}. Fork from one of "
             "them (as STEP, or STEP/N for its N-th invocation as shown by `runs show`)."
         )
-    before = next((r for r in run_steps if r["function_id"] == target.function_id - 1), None)
-    if before is not None and before["function_name"] == _naming.NEXT_STEP:
-        return target.function_id - 1
+    # Everything before the call is kept; the decisions of the wait that started it
+    # come after it (its tasks take their function IDs first), so they are made again.
     return target.function_id
 
 

@@ -122,6 +122,8 @@ class RunState:
     # True when this process just started the run (not a replay, not dequeued): no
     # step of the run can have completed before.
     brand_new: bool = False
+    # True once the run's body started executing in this process.
+    body_started: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -212,8 +214,10 @@ class RunState:
         spent down or queued does not count as alive time (`Workflow(timeout=...)`).
         """
         self.clock = started_at
-        self.brand_new = self.fresh
-        self._resume_real_time = None if self.fresh else time.time()
+        # Once: a second execution of the body in this process (a resume) replays.
+        self.brand_new = self.fresh and not self.body_started
+        self.body_started = True
+        self._resume_real_time = None if self.brand_new else time.time()
 
     def clock_if_live(self) -> float | None:
         """The clock now if the run executes here past its replay, else None."""
@@ -235,6 +239,14 @@ class RunState:
         if self.brand_new:
             return
         steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
+        if not steps:
+            # Nothing recorded yet (e.g. a queued run, dequeued): it runs live from its
+            # start, and the time it waited does not count.
+            self.brand_new = True
+            if self._resume_real_time is not None:
+                self._clock_offset = self._resume_real_time - self.clock
+                self._resume_real_time = None
+            return
         for row in steps:
             if row["function_name"] == _naming.WAKE_STEP and row["output"] is not None:
                 number, kind, _clock = row["output"]
@@ -596,14 +608,20 @@ class DBOSInternalAdapter(InternalRunAdapter):
                 ),
                 None,
             )
-            return first, self._run.live_clock()
+            cancel = first == pull and _holds_cancel(tasks[first])
+            return first, self._run.live_clock(), cancel
 
         # One checkpoint records which task finished first (or that the deadline
         # came) and when; a replay returns the same choice and the same time.
-        index, self._run.clock = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose)
+        index, self._run.clock, cancel = await DBOS.run_step_async(
+            {"name": _naming.NEXT_STEP}, choose
+        )
         if index is None:
             return WaitForNextTaskResult(None, started)
         completed = tasks[index]
+        if cancel and not _holds_cancel(completed):
+            # A cancel is never replayed: this resumed run waits again from here.
+            return WaitForNextTaskResult(None, started)
         if index == pull:
             await self._settle_pull(completed)
         else:
@@ -681,9 +699,8 @@ class DBOSInternalAdapter(InternalRunAdapter):
             arrived.cancel()
         if worker in done:
             return "step"
-        if pull in done and not pull.cancelled() and pull.exception() is None:
-            if isinstance(pull.result(), TickCancelRun):
-                return "cancel"
+        if pull in done and _holds_cancel(pull):
+            return "cancel"
         if await self._step_finished(worker):
             return "step"
         return "pull" if done else "timeout"
@@ -711,10 +728,12 @@ class DBOSInternalAdapter(InternalRunAdapter):
         else:
             # A step that ended while the run replayed, or elsewhere: its time is
             # recorded here, for what its result schedules (a retry, a timeout).
-            def when() -> tuple[int | None, float]:
-                return 0, self._run.live_clock()
+            def when() -> tuple[int | None, float, bool]:
+                return 0, self._run.live_clock(), False
 
-            _index, self._run.clock = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, when)
+            _index, self._run.clock, _cancel = await DBOS.run_step_async(
+                {"name": _naming.NEXT_STEP}, when
+            )
         return WaitForNextTaskResult(worker, started)
 
 
@@ -728,8 +747,16 @@ def _stops(task: asyncio.Task[Any]) -> bool:
     )
 
 
-#: DBOS statuses of a workflow that has not finished.
-_UNFINISHED = frozenset({"PENDING", "ENQUEUED", "DELAYED"})
+def _holds_cancel(task: asyncio.Task[Any]) -> bool:
+    """Whether a mailbox pull ended with the run's cancellation (never recorded)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return False
+    return isinstance(task.result(), TickCancelRun)
+
+
+#: DBOS statuses of a step invocation that has not finished (one cancelled while the
+#: run executes here still runs until the run notices).
+_UNFINISHED = frozenset({"PENDING", "ENQUEUED", "DELAYED", "CANCELLED"})
 
 
 async def _done() -> None:

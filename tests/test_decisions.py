@@ -9,8 +9,8 @@ import time
 import pytest
 from dbos import DBOS
 from workflows import Context, Workflow, step
-from workflows.errors import WorkflowTimeoutError
-from workflows.events import Event, HumanResponseEvent, StartEvent, StopEvent
+from workflows.errors import WorkflowCancelledByUser, WorkflowTimeoutError
+from workflows.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 from workflows.retry_policy import ConstantDelayRetryPolicy
 
 from dbos_llama import durable
@@ -129,3 +129,30 @@ async def test_run_timeout_counts_the_time_of_unrecorded_steps(dbos_app: str) ->
     with pytest.raises(WorkflowTimeoutError):
         await LoneThenPair(timeout=3.0).run(run_id="lone-pair-1")
     assert time.monotonic() - started < 4.5
+
+
+@durable
+class AskWithDeadline(Workflow):
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        return InputRequiredEvent(prefix="?")
+
+    @step
+    async def answer(self, ev: HumanResponseEvent) -> StopEvent:
+        return StopEvent(result=ev.response)
+
+
+async def test_resumed_run_is_not_stuck_on_its_recorded_cancel(dbos_app: str) -> None:
+    # The run waits with a deadline pending, so its wait is a recorded choice; the
+    # cancel wins it. Resumed, the run must wait again and its deadline still fire
+    # (not wait forever for the cancel that a replay never sees).
+    handler = AskWithDeadline(timeout=3.0).run(run_id="ask-deadline-1")
+    async for event in handler.stream_events():
+        if isinstance(event, InputRequiredEvent):
+            break
+    await handler.cancel_run()
+    with pytest.raises(WorkflowCancelledByUser):
+        await handler
+    resumed = await DBOS.resume_workflow_async("ask-deadline-1")
+    with pytest.raises(WorkflowTimeoutError):
+        await asyncio.wait_for(resumed.get_result(polling_interval_sec=0.1), timeout=30)
