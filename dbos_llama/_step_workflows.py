@@ -27,6 +27,7 @@ from workflows.runtime.types.results import (
 from . import _naming, _registry
 from ._runtime import (
     Invocation,
+    RunState,
     _current_invocation,
     _current_run_id,
     dbos_runtime,
@@ -322,6 +323,7 @@ class Binding:
                     retry=retry,
                 )
                 run.finished_bodies.add(invocation_id)
+                outputs = _failures_on_run_clock(run, outputs)
             finally:
                 _current_invocation.reset(inv_token)
                 _current_run_id.reset(run_token)
@@ -431,6 +433,26 @@ class StepOutcome:
     state: list[Patch] = dataclasses.field(default_factory=list)
     # The run's clock when the step ended, if the run executed live in this process.
     clock: float | None = None
+
+
+def _failures_on_run_clock(
+    run: RunState, outputs: list[StepWorkerOutput]
+) -> list[StepWorkerOutput]:
+    """Upstream stamps a step failure with the wall clock; the run's clock lags it by
+    the time the run was down (or queued), so retry delays would count that time too.
+    Put the failure on the run's clock (when the run executes here)."""
+    live = run.clock_if_live()
+    if live is None:
+        return outputs
+    lag = time.time() - live
+    if lag < 0.001:
+        return outputs
+    return [
+        o.model_copy(update={"failed_at": o.failed_at - lag})
+        if isinstance(o, StepWorkerFailed)
+        else o
+        for o in outputs
+    ]
 
 
 def _storable_retry(retry: RetryAttempt) -> RetryAttempt:

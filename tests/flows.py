@@ -22,7 +22,12 @@ from workflows.events import (
     StepFailedEvent,
     StopEvent,
 )
-from workflows.retry_policy import retry_policy, stop_after_attempt, wait_fixed
+from workflows.retry_policy import (
+    ConstantDelayRetryPolicy,
+    retry_policy,
+    stop_after_attempt,
+    wait_fixed,
+)
 
 from dbos_llama import durable, durable_step, now, sleep
 
@@ -402,9 +407,37 @@ class Outer(Workflow):
         return StopEvent(result=f"outer({inner})")
 
 
+class Prepared(Event):
+    pass
+
+
+@durable
+class RetryAfterRestart(Workflow):
+    """A step that fails once, with a retry delay, in a run recovered after downtime."""
+
+    @step
+    async def prepare(self, ev: StartEvent) -> Prepared:
+        maybe_crash("retry:prepared")
+        return Prepared()
+
+    @step(retry_policy=ConstantDelayRetryPolicy(delay=1.0, maximum_attempts=2))
+    async def flaky(self, ev: Prepared) -> StopEvent:
+        mark(f"attempt {time.time()}")
+        attempts = [line for line in _log_lines() if line.startswith("attempt ")]
+        if len(attempts) == 1:
+            raise RuntimeError("fails once")
+        return StopEvent(result="done")
+
+
+def _log_lines() -> list[str]:
+    path = os.environ.get("DBOS_LLAMA_TEST_LOG")
+    return open(path).read().splitlines() if path and os.path.exists(path) else []
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
+    "retry-after-restart": RetryAfterRestart,
     "chain3": Chain3,
     "fanout": FanOut,
     "sleeper": Sleeper,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from dbos import DBOS
@@ -14,6 +15,7 @@ from workflows.events import Event, HumanResponseEvent, InputRequiredEvent, Star
 from workflows.retry_policy import ConstantDelayRetryPolicy
 
 from dbos_llama import durable
+from tests.conftest import run_driver
 
 
 class Hop(Event):
@@ -156,3 +158,22 @@ async def test_resumed_run_is_not_stuck_on_its_recorded_cancel(dbos_app: str) ->
     resumed = await DBOS.resume_workflow_async("ask-deadline-1")
     with pytest.raises(WorkflowTimeoutError):
         await asyncio.wait_for(resumed.get_result(polling_interval_sec=0.1), timeout=30)
+
+
+def test_retry_delay_after_a_restart_does_not_count_the_downtime(
+    tmp_path: Path, db_url: str
+) -> None:
+    # The run is killed, stays down 4 s, and is recovered; its step then fails once
+    # with a 1 s retry delay. The retry comes about 1 s later, not 1 s + the downtime.
+    log = tmp_path / "log"
+    first = run_driver(db_url, "retry-after-restart", "retry-1", {}, log, crash_at="retry:prepared")
+    assert first.returncode == 137, first.stderr
+    time.sleep(4.0)
+    done = run_driver(db_url, "retry-after-restart", "retry-1", {}, log)
+    assert done.result == "done"
+    first_try, second_try = (
+        float(line.split()[1])
+        for line in log.read_text().splitlines()
+        if line.startswith("attempt ")
+    )
+    assert 0.9 <= second_try - first_try < 3.0
