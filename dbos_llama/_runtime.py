@@ -122,8 +122,6 @@ class RunState:
     # True when this process just started the run (not a replay, not dequeued): no
     # step of the run can have completed before.
     brand_new: bool = False
-    # True once the run's body started executing in this process.
-    body_started: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -204,26 +202,31 @@ class RunState:
             self.store_for(workflow).restore(patches)
         self.absorbed.add(invocation_id)
 
-    def start_clock(self, started_at: float) -> None:
+    def start_clock(self, started_at: float, first_here: bool) -> None:
         """Start (or, replaying, restore) the run's clock from its recorded start.
 
         ``started_at`` is an input of the run's DBOS workflow (recorded with it, so
-        every replay gets the same). A run this process just started is brand new.
+        every replay gets the same). A run this process just started is brand new
+        (``first_here``: a second execution of the body here, a resume, replays).
         Any other execution (recovered, resumed, dequeued, forked) resumes the clock
         where the recorded decisions leave it once its replay is over, so time
         spent down or queued does not count as alive time (`Workflow(timeout=...)`).
         """
         self.clock = started_at
-        # Once: a second execution of the body in this process (a resume) replays.
-        self.brand_new = self.fresh and not self.body_started
-        self.body_started = True
+        self.brand_new = self.fresh and first_here
         self._resume_real_time = None if self.brand_new else time.time()
+
+    def live_offset(self) -> float | None:
+        """How far the run's clock lags the wall clock (its downtime), if the run
+        executes here past its replay; else None."""
+        if not self.executing or self._resume_real_time is not None:
+            return None
+        return self._clock_offset
 
     def clock_if_live(self) -> float | None:
         """The clock now if the run executes here past its replay, else None."""
-        if not self.executing or self._resume_real_time is not None:
-            return None
-        return time.time() - self._clock_offset
+        offset = self.live_offset()
+        return None if offset is None else time.time() - offset
 
     def elapsed_since_clock(self) -> float:
         """Seconds of live time since the last recorded clock (0 while replaying)."""
@@ -458,11 +461,12 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def on_tick(self, tick: WorkflowTick) -> None:
-        if isinstance(tick, TickStepResult):
-            for awaited in awaited_event_types(tick.result):
-                if awaited not in self._run.awaited_types:
-                    self._run.awaited_types.append(awaited)
-        if isinstance(tick, TickStepResult) and tick.invocation_id is not None:
+        if not isinstance(tick, TickStepResult):
+            return
+        for awaited in awaited_event_types(tick.result):
+            if awaited not in self._run.awaited_types:
+                self._run.awaited_types.append(awaited)
+        if tick.invocation_id is not None:
             for event in self._run.pending_stream.pop(tick.invocation_id, ()):
                 await DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
@@ -667,10 +671,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
         recorded messages at once, never takes them ahead of a step that finished.
         """
         run = self._run
-        recorded = run.wakes.get(number)
-        kind: str | None = recorded
-        if kind is None:
-            kind = await self._race(worker, pull, timeout)
+        kind = run.wakes.get(number) or await self._race(worker, pull, timeout)
         if kind == "step":
             return await self._step_won(worker, started)
         if kind == "cancel":  # never recorded: a resumed run waits again
@@ -737,11 +738,16 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return WaitForNextTaskResult(worker, started)
 
 
+def _result_of(task: asyncio.Task[Any]) -> Any:
+    """A task's result if it returned one, else None (running, cancelled, raised)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
 def _stops(task: asyncio.Task[Any]) -> bool:
     """Whether a finished worker task's step returned a StopEvent."""
-    if task.cancelled() or task.exception() is not None:
-        return False
-    tick = task.result()
+    tick = _result_of(task)
     return isinstance(tick, TickStepResult) and any(
         isinstance(getattr(r, "result", None), StopEvent) for r in tick.result
     )
@@ -749,9 +755,7 @@ def _stops(task: asyncio.Task[Any]) -> bool:
 
 def _holds_cancel(task: asyncio.Task[Any]) -> bool:
     """Whether a mailbox pull ended with the run's cancellation (never recorded)."""
-    if not task.done() or task.cancelled() or task.exception() is not None:
-        return False
-    return isinstance(task.result(), TickCancelRun)
+    return isinstance(_result_of(task), TickCancelRun)
 
 
 #: DBOS statuses of a step invocation that has not finished (one cancelled while the

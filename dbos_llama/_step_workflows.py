@@ -240,6 +240,7 @@ class Binding:
             run_id = DBOS.workflow_id
             assert run_id is not None
             run = run_state(run_id)
+            first_here = not run.body_present
             run.body_present = True  # its state stays in this process's table
             if not run.fresh:
                 # Recovered, resumed or forked (not started just now by this
@@ -248,7 +249,7 @@ class Binding:
             await binding.hold_if_other_version(run_id, version)
             workflow = await binding.instance_for(run_id)
             run.executing = True
-            run.start_clock(started_at)
+            run.start_clock(started_at, first_here)
             await run.load_wakes()
             await run.restore_state(workflow)
             token = _current_run_id.set(run_id)
@@ -441,11 +442,8 @@ def _failures_on_run_clock(
     """Upstream stamps a step failure with the wall clock; the run's clock lags it by
     the time the run was down (or queued), so retry delays would count that time too.
     Put the failure on the run's clock (when the run executes here)."""
-    live = run.clock_if_live()
-    if live is None:
-        return outputs
-    lag = time.time() - live
-    if lag < 0.001:
+    lag = run.live_offset()
+    if not lag:
         return outputs
     return [
         o.model_copy(update={"failed_at": o.failed_at - lag})
