@@ -21,7 +21,7 @@ from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
 from ._json_serializer import JsonDataSerializer
-from ._state import ImportedClassesSerializer, patches_of, rebuild_payload, successful_invocations
+from ._state import ImportedClassesSerializer, rebuild_payload, recorded_edits
 from ._upstream import class_accepted_events
 from .errors import (
     EventNotAcceptedError,
@@ -385,19 +385,20 @@ class DurableClient:
                 await values.aclose()
 
     async def get_state(self, run_id: str) -> Any:
-        """The run's ``ctx.store`` state as its completed steps left it.
+        """The run's ``ctx.store`` state: every write committed so far, by completed
+        steps and by steps still running (each committed write is recorded at once).
 
         A plain dict for the default `DictState`; a typed state model for a
         workflow with ``Context[MyState]`` (its class must be importable here).
         """
         info = await self.get_run(run_id)
-        children = await asyncio.to_thread(successful_invocations, self._dbos, run_id)
+        edits = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
         binding = _registry.lookup(info.workflow)
         state_type: type[BaseModel] = DictState
         if binding is not None and binding.instance is not None:
             state_type = infer_state_type(binding.instance)
         base = InMemoryStateStore(state_type()).checkpoint().to_dict()
-        payload = rebuild_payload(base, patches_of(children))
+        payload = rebuild_payload(base, [(seq, patch) for _, seq, patch in edits])
         if payload.get("state_type") == DictState.__name__:
             return dict(payload["state_data"].get("_data", {}))
         return await InMemoryStateStore.from_dict(payload, ImportedClassesSerializer()).get_state()

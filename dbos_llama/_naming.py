@@ -17,6 +17,9 @@ NEXT_STEP = "dbos_llama.next"
 #: Name of the checkpoint recording that, while one step ran, the mailbox or a
 #: deadline came first (a step finishing first needs no checkpoint).
 WAKE_STEP = "dbos_llama.wake"
+#: Name of the checkpoint recording one committed write to a run's ``ctx.store``
+#: (output: ``[seq, JSON Patch]``), inside the step invocation that made it.
+STATE_STEP = "dbos_llama.state"
 #: Key of the DBOS stream (on the run's workflow) holding the run's published events.
 STREAM_KEY = "dbos_llama.events"
 #: Workflow attribute (JSON, on the run's DBOS status) holding the run's code version.

@@ -42,7 +42,7 @@ from . import _envelope as envelope
 from . import _naming
 from ._registry import binding_of
 from ._serialization import ensure_serializable
-from ._state import DurableStateStore, Patch, StateJournal, completed_steps, patches_of
+from ._state import DurableStateStore, Patch, StateJournal, recorded_edits
 from ._upstream import TICK_TYPES, awaited_event_types, class_accepted_events
 from .errors import RejectedEventError
 
@@ -78,6 +78,9 @@ class Invocation:
     stream: list[Event] = field(default_factory=list)
     # State edits the step committed: (run-wide sequence number, JSON Patch).
     state: list[Patch] = field(default_factory=list)
+    # Whether its state writes are checkpoints (not for an invocation recorded by a
+    # version of dbos_llama that did not checkpoint them: it replays as recorded).
+    checkpoint_edits: bool = True
     # Calls (durable steps, helpers) recorded by the earlier invocation of the same
     # work item that this one re-runs after ``ctx.wait_for_event``: (name, output).
     recorded: list[tuple[str, Any]] = field(default_factory=list)
@@ -111,9 +114,6 @@ class RunState:
     run_id: str
     state_store: DurableStateStore[Any] | None = None
     state_restored: bool = False
-    # Step invocations whose state edits this process's store holds: rebuilt from,
-    # or executed here (their edits went straight into the store).
-    absorbed: set[str] = field(default_factory=set)
     _restore_lock: asyncio.Lock | None = None
     # The run's clock (seconds since the epoch) as recorded at its last decision.
     clock: float = 0.0
@@ -170,11 +170,13 @@ class RunState:
         """The run's `ctx.store`, created on first use with the workflow's state type."""
         if self.state_store is None:
             journal = StateJournal(_current_invocation_patches)
-            self.state_store = DurableStateStore(infer_state_type(workflow)(), journal)
+            self.state_store = DurableStateStore(
+                infer_state_type(workflow)(), journal, _current_invocation.get
+            )
         return self.state_store
 
     async def restore_state(self, workflow: Workflow) -> None:
-        """Once per process: rebuild the state from the run's completed steps."""
+        """Once per process: rebuild the state from the run's recorded writes."""
         if self.state_restored:
             return
         if self._restore_lock is None:
@@ -185,22 +187,15 @@ class RunState:
                 # so no step of it has completed yet.
                 self.state_restored = True
             if not self.state_restored:
-                completed = await completed_steps(self.run_id)
-                self.store_for(workflow).restore(patches_of(completed))
-                for child in completed:
-                    self.absorbed.add(child.workflow_id)
-                    # A fork replays the invocations it reuses under its own IDs.
-                    parent = child.parent_workflow_id
-                    if parent and parent != self.run_id:
-                        self.absorbed.add(self.run_id + child.workflow_id[len(parent) :])
+                edits = await outside_workflow(functools.partial(recorded_edits, DBOS, self.run_id))
+                self.store_for(workflow).apply_edits(edits)
                 self.state_restored = True
 
     def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:
-        """Take in the state edits of a finished step invocation, unless the store
-        already holds them (it ran here, or the state was rebuilt after it ended)."""
-        if patches and invocation_id not in self.absorbed:
-            self.store_for(workflow).restore(patches)
-        self.absorbed.add(invocation_id)
+        """Take in the state edits of a finished step invocation that the store does
+        not hold yet (it ran in another process)."""
+        if patches:
+            self.store_for(workflow).restore(patches, _naming.invocation_key(invocation_id))
 
     def start_clock(self, started_at: float, first_here: bool) -> None:
         """Start (or, replaying, restore) the run's clock from its recorded start.

@@ -1,78 +1,122 @@
-"""Durable `ctx.store`: an in-memory store whose committed edits are journaled per step.
+"""Durable `ctx.store`: an in-memory store whose every committed write is a checkpoint.
 
 Each committed write (``set``, ``set_state``, ``clear``, an ``edit_state`` block)
-is recorded as a JSON Patch with a run-wide sequence number, inside the step
-invocation that made it; the patches are part of the invocation's recorded result.
-After a crash the state is rebuilt from the patches of the invocations that
-completed, in sequence order: an edit of a completed step is applied exactly once,
-and the edits of a step that was still running are not kept (it runs again).
+is a JSON Patch with a run-wide sequence number. Inside a step invocation it is
+recorded as a checkpoint of the invocation's DBOS workflow (`_naming.STATE_STEP`)
+*before* any other step can read it, and the invocation's recorded result carries
+its patches again. After a crash the state is rebuilt, in sequence order, from the
+patches of the completed invocations and the checkpoints of the unfinished ones; an
+invocation that re-runs replays its recorded writes instead of making them again.
+No step can read an edit that a crash may take back, so every committed edit is
+applied exactly once (see the README, "State").
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import sys
 import types
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from dbos import DBOS
 from pydantic import BaseModel
 from workflows.context.serializers import JsonSerializer
-from workflows.context.state_store import InMemoryStateStore, apply_state_patch
+from workflows.context.state_store import (
+    InMemoryStateStore,
+    apply_state_patch,
+    copy_state_for_edit,
+    create_cleared_state,
+    merge_state,
+    set_by_path_copy,
+)
+
+from . import _naming
 
 #: One journaled edit: (run-wide sequence number, JSON Patch).
 Patch = tuple[int, list[dict[str, Any]]]
+#: A journaled edit with the step invocation that made it: (invocation key, seq, patch).
+#: The key is `_naming.invocation_key` of the invocation's ID (the same in a fork).
+SourcedPatch = tuple[str, int, list[dict[str, Any]]]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-class DurableStateStore(Generic[M]):
-    """The `StateStore` a durable run's steps see as ``ctx.store``."""
+class EditSource(Protocol):
+    """The step invocation whose code makes a write (`_runtime.Invocation`)."""
 
-    def __init__(self, initial_state: M, journal: StateJournal) -> None:
+    invocation_id: str
+    #: Whether its writes are checkpoints (False only for an invocation recorded by
+    #: a version of dbos_llama that did not checkpoint them, replayed as it was).
+    checkpoint_edits: bool
+    #: The patches it committed, carried by its recorded result.
+    state: list[Patch]
+
+
+class DurableStateStore(Generic[M]):
+    """The `StateStore` a durable run's steps see as ``ctx.store``.
+
+    Reads are lockless and see committed state only. A write builds the new state
+    aside (upstream's own copy-on-write helpers), records it, and only then makes it
+    the committed state: a step never reads another step's write before it is
+    durable. Writers serialize on one lock per run.
+    """
+
+    def __init__(
+        self,
+        initial_state: M,
+        journal: StateJournal,
+        source: Callable[[], EditSource | None] | None = None,
+    ) -> None:
         self._inner: InMemoryStateStore[M] = InMemoryStateStore(initial_state)
         self._journal = journal
+        self._source = source
         # The committed state as last journaled, encoded: a value changed in place
         # (``lst = await store.get("k"); lst.append(x); await store.set("k", lst)``)
         # is still seen as changed, which a diff of live objects would miss.
         self._last = self.payload()
         self._write_lock = asyncio.Lock()
+        # Clear while a write is being recorded: reads wait for it, so a read after
+        # a write has started committing sees it (as with upstream's store, where a
+        # commit never yields), and never before it is durable.
+        self._settled = asyncio.Event()
+        self._settled.set()
+        # The edits this store holds, as (invocation key, seq): none is applied twice.
+        self._applied: set[tuple[str, int]] = set()
 
     @property
     def state_type(self) -> type[M]:
         return self._inner.state_type
 
     async def get_state(self) -> M:
+        await self._settled.wait()
         return await self._inner.get_state()
 
     async def get(self, path: str, default: Any = Ellipsis) -> Any:
+        await self._settled.wait()
         return await self._inner.get(path, default)
 
     async def set_state(self, state: M) -> None:
         async with self._write_lock:
-            await self._inner.set_state(state)
-            self._record()
+            await self._commit(merge_state(await self._committed(), state))
 
     async def set(self, path: str, value: Any) -> None:
         async with self._write_lock:
-            await self._inner.set(path, value)
-            self._record()
+            await self._commit(set_by_path_copy(await self._committed(), path, value))
 
     async def clear(self) -> None:
         async with self._write_lock:
-            await self._inner.clear()
-            self._record()
+            await self._commit(create_cleared_state(type(await self._committed())))
 
     @asynccontextmanager
     async def edit_state(self) -> AsyncGenerator[M, None]:
         async with self._write_lock:
-            async with self._inner.edit_state() as state:
-                yield state
-            self._record()
+            # An isolated copy: readers see the committed state until the commit.
+            state = copy_state_for_edit(await self._committed())
+            yield state
+            await self._commit(state)
 
     def to_dict(self, serializer: Any) -> dict[str, Any]:
         return self._inner.to_dict(serializer)
@@ -81,23 +125,70 @@ class DurableStateStore(Generic[M]):
         """The committed state as a JSON-compatible payload."""
         return self._inner.checkpoint().to_dict()
 
-    def _record(self) -> None:
-        # Under the write lock: the patch holds exactly this write's changes.
-        now = self.payload()
-        patch = json_patch(self._last, now)
-        self._last = now
-        if patch:
-            self._journal.record(patch)
+    async def _committed(self) -> M:
+        return await self._inner.get_state()
 
-    def restore(self, patches: list[Patch]) -> None:
-        """Apply journaled patches (any order) to the committed state: to rebuild it,
-        or to take in the edits of a step invocation that ran in another process."""
-        if not patches:
+    async def _commit(self, state: M) -> None:
+        """Make ``state`` the committed state, recorded first (under the write lock)."""
+        staged = InMemoryStateStore(state)
+        now = staged.checkpoint().to_dict()
+        patch = json_patch(self._last, now)
+        source = self._source() if self._source is not None else None
+        if source is None or not source.checkpoint_edits:
+            # Outside a step (nothing to record it with), or a step recorded before
+            # writes were checkpoints: journaled with the step's result only.
+            self._install(staged, now)
+            if patch:
+                seq = self._journal.record(patch)
+                if source is not None:
+                    self._applied.add((_naming.invocation_key(source.invocation_id), seq))
             return
-        payload = rebuild_payload(self.payload(), patches)
+        executed = False
+
+        def record() -> list[Any]:
+            nonlocal executed
+            executed = True
+            return [self._journal.take(), patch]
+
+        # Every write inside a step is one checkpoint, even one that changes nothing:
+        # a re-run's writes then meet their records in the same order.
+        self._settled.clear()
+        try:
+            seq_text, recorded = await DBOS.run_step_async({"name": _naming.STATE_STEP}, record)
+            seq = int(seq_text)
+            if recorded:
+                source.state.append((seq, recorded))
+            key = (_naming.invocation_key(source.invocation_id), seq)
+            if executed:
+                self._install(staged, now)
+                self._applied.add(key)
+            else:
+                # A re-run: the recorded write stands (the state holds it already, as
+                # it was rebuilt from the checkpoints); what the code did now is dropped.
+                self.apply_edits([(key[0], seq, recorded)])
+        finally:
+            self._settled.set()
+
+    def _install(self, staged: InMemoryStateStore[M], payload: dict[str, Any]) -> None:
+        self._inner = staged
+        self._last = payload
+
+    def restore(self, patches: list[Patch], source: str = "") -> None:
+        """Apply the journaled patches of one step invocation (``source``, its
+        `_naming.invocation_key`) that this store does not hold yet: to take in the
+        edits of an invocation that ran in another process."""
+        self.apply_edits([(source, seq, patch) for seq, patch in patches])
+
+    def apply_edits(self, edits: list[SourcedPatch]) -> None:
+        """Apply, in sequence order, the edits this store does not hold yet."""
+        new = [e for e in edits if (e[0], int(e[1])) not in self._applied]
+        if not new:
+            return
+        payload = rebuild_payload(self.payload(), [(int(seq), patch) for _, seq, patch in new])
         self._inner = InMemoryStateStore.from_dict(payload, ImportedClassesSerializer())
         self._last = self.payload()
-        self._journal.advance_past(max(seq for seq, _ in patches))
+        self._applied.update((key, int(seq)) for key, seq, _ in new)
+        self._journal.advance_past(max(int(seq) for _, seq, _ in new))
 
 
 def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
@@ -163,46 +254,58 @@ class StateJournal:
         self._current_patches = current_patches
         self._next_seq = 0
 
-    def record(self, patch: list[dict[str, Any]]) -> None:
-        patches = self._current_patches()
+    def take(self) -> int:
+        """The next sequence number."""
         seq = self._next_seq
         self._next_seq += 1
+        return seq
+
+    def record(self, patch: list[dict[str, Any]]) -> int:
+        """Number ``patch`` and add it to the running invocation's patches; its number."""
+        patches = self._current_patches()
+        seq = self.take()
         if patches is not None:
             patches.append((seq, patch))
+        return seq
 
     def advance_past(self, seq: int) -> None:
         self._next_seq = max(self._next_seq, seq + 1)
 
 
-async def completed_steps(run_id: str) -> list[Any]:
-    """The DBOS statuses (with outputs) of a run's completed step invocations."""
-    from ._runtime import outside_workflow
+def recorded_edits(api: Any, run_id: str) -> list[SourcedPatch]:
+    """Every committed write recorded for ``run_id``, with the invocation that made it.
 
-    return await outside_workflow(functools.partial(successful_invocations, DBOS, run_id))
-
-
-def successful_invocations(api: Any, run_id: str, load_output: bool = True) -> list[Any]:
-    """DBOS statuses of the step invocations of ``run_id`` that completed.
-
-    ``api`` is `DBOS` or a `DBOSClient`. A fork's reused invocations belong to the
-    run it was forked from: they are found through the fork's copied call records.
+    ``api`` is `DBOS` or a `DBOSClient`. A completed step invocation's result carries
+    its patches; an unfinished one (running, crashed, cancelled) has them as its
+    `_naming.STATE_STEP` checkpoints. A fork's reused invocations belong to the run it
+    was forked from: they are found through the fork's copied call records.
     """
-    children = list(
-        api.list_workflows(
-            parent_workflow_id=run_id,
-            status="SUCCESS",
-            load_input=False,
-            load_output=load_output,
-        )
-    )
+    children = list(api.list_workflows(parent_workflow_id=run_id, load_input=False))
     found = api.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
     if found and found[0].forked_from is not None:
         reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
         if reused:
-            children += api.list_workflows(
-                workflow_ids=reused, status="SUCCESS", load_input=False, load_output=load_output
-            )
-    return children
+            children += api.list_workflows(workflow_ids=reused, status="SUCCESS", load_input=False)
+    edits: list[SourcedPatch] = []
+    for child in children:
+        key = _naming.invocation_key(child.workflow_id)
+        if child.status == "SUCCESS":
+            patches: Any = getattr(child.output, "state", ())
+        else:
+            patches = checkpointed_patches(api.list_workflow_steps(child.workflow_id))
+        edits.extend((key, int(seq), patch) for seq, patch in patches)
+    return edits
+
+
+def checkpointed_patches(invocation_steps: list[Any]) -> list[Patch]:
+    """The writes an invocation recorded as checkpoints (empty ones left out)."""
+    patches: list[Patch] = []
+    for row in invocation_steps:
+        if row["function_name"] == _naming.STATE_STEP and row["error"] is None:
+            seq, patch = row["output"]
+            if patch:
+                patches.append((int(seq), patch))
+    return patches
 
 
 def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
@@ -214,11 +317,3 @@ def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
         if child is not None and not child.startswith(own) and child not in ids:
             ids.append(child)
     return ids
-
-
-def patches_of(children: list[Any]) -> list[Patch]:
-    """The state patches in the recorded outcomes of step invocations."""
-    patches: list[Patch] = []
-    for child in children:
-        patches.extend(getattr(child.output, "state", ()))
-    return patches

@@ -299,18 +299,20 @@ class Binding:
             retry: RetryAttempt,
             version: str,
             rerun_of: str | None,
+            checkpoint_edits: bool = False,
         ) -> StepOutcome:
             invocation_id = DBOS.workflow_id
             assert invocation_id is not None
             await binding.hold_if_other_version(invocation_id, version)
             workflow = await binding.instance_for(run_id)
             run_token = _current_run_id.set(run_id)
-            invocation = Invocation(invocation_id)
+            # Invocations recorded before state writes were checkpoints have no such
+            # input: they replay as they were recorded.
+            invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits)
             if rerun_of is not None:
                 invocation.recorded = await _recorded_calls(rerun_of)
             run = run_state(run_id)
             await run.restore_state(workflow)
-            run.absorbed.add(invocation_id)  # its edits go straight into this store
             run.local_steps += 1
             inv_token = _current_invocation.set(invocation)
             try:
@@ -381,6 +383,7 @@ class Binding:
                         retry,
                         self.version,
                         rerun_of,
+                        True,  # state writes are checkpoints
                     )
                 except asyncio.CancelledError:
                     raise  # stays in-flight: the run cancels it in DBOS when it ends
@@ -422,6 +425,8 @@ async def _recorded_calls(invocation_id: str) -> list[tuple[str, Any]]:
         if s["error"] is None
         and s["child_workflow_id"] is None
         and not s["function_name"].startswith("DBOS.")
+        # State writes are made again, as upstream re-runs the step's code.
+        and s["function_name"] != _naming.STATE_STEP
     ]
 
 

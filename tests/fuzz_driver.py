@@ -1,9 +1,9 @@
 """Run (or recover) one fuzz program: ``python -m tests.fuzz_driver DB RUN_ID PROGRAM_JSON``.
 
-Prints ``RESULT <json>``, or ``ASKED <n>`` and exits 0 when the run asks a human for
-answer number ``n`` (``FUZZ_ANSWERED`` answers were already sent); then ``POINTS <k>``,
-how many kill points this process passed. ``FUZZ_JSON=1`` stores all run data with
-`JsonDataSerializer`.
+Prints ``LAUNCHED`` once DBOS is launched, then ``RESULT <json>``, or ``ASKED <n>``
+and exits 0 when the run asks a human for answer number ``n`` (``FUZZ_ANSWERED``
+answers were already sent); then ``POINTS <k>``, how many kill points this process
+passed. ``FUZZ_JSON=1`` stores all run data with `JsonDataSerializer`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ async def main(db_url: str, run_id: str, program: str) -> None:
         config["serializer"] = JsonDataSerializer()  # all run data as JSON
     DBOS(config=config)
     DBOS.launch()
+    print("LAUNCHED", flush=True)
     answered = int(os.environ.get("FUZZ_ANSWERED", "0"))
     try:
         handler = wf.run(run_id=run_id, program=program)

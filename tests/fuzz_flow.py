@@ -8,8 +8,9 @@ A program is a list of stages, run in order:
 - ``{"kind": "chain", "calls": n, "edit": bool, "stream": m}``: one step making ``n``
   `@durable_step` calls, an optional state edit and ``m`` stream writes;
 - ``{"kind": "fan", "items": k, "workers": 1|3, "calls": c}``: ``k`` events sent to a
-  step with ``num_workers`` 1 or 3, each making ``c`` calls, a state write and a
-  stream write; a collector step waits for all ``k`` results;
+  step with ``num_workers`` 1 or 3, each making ``c`` calls, a state write of its
+  own key, an edit of two keys every item edits (a count and a sum) and a stream
+  write; a collector step waits for all ``k`` results;
 - ``{"kind": "ask"}``: the run asks a human (``InputRequiredEvent``) and continues
   with the answer, sent by run ID from another process.
 """
@@ -132,6 +133,11 @@ class Program(Workflow):
         for n in range(ev.calls):
             out += await fx(f"s{ev.stage}i{ev.k}c{n}")
         await ctx.store.set(f"s{ev.stage}i{ev.k}", out)
+        # Concurrent workers edit the same keys (order-independent values).
+        async with ctx.store.edit_state() as state:
+            state[f"s{ev.stage}n"] = state.get(f"s{ev.stage}n", 0) + 1
+            state[f"s{ev.stage}sum"] = state.get(f"s{ev.stage}sum", 0) + ev.k + 1
+        point(f"item{ev.stage}.{ev.k}:edited")
         ctx.write_event_to_stream(Note(tag=f"s{ev.stage}i{ev.k}"))
         point(f"item{ev.stage}.{ev.k}:end")
         return ItemDone(k=ev.k, out=out)

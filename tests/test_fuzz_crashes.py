@@ -5,8 +5,11 @@ calls, state edits and stream writes, fan-outs to steps with ``num_workers`` 1 o
 and a collector, human-in-the-loop waits answered by run ID from this process). It
 runs once uninterrupted on a fresh SQLite database (the reference) and, at the same
 time, on other fresh databases with one and with two kills (``os._exit(137)`` at the
-Nth kill point a process passes), each followed by recovery in a new process; the
-run with two kills stores its data as pickles or (drawn) with `JsonDataSerializer`.
+Nth kill point a process passes), and with two SIGKILLs sent from this process at
+drawn moments (0-3 s after a process launched DBOS, wherever its code is then), each
+followed by recovery in a new process; the run with two kills at kill points stores
+its data as pickles or (drawn) with `JsonDataSerializer`. Concurrent fan-out workers
+edit the same state keys.
 The recovered run must equal the reference: result, state, stream (no duplicates,
 no gaps), every `@durable_step` call that had completed before a kill never executed
 again, nothing PENDING, no traceback, ERROR log line or DBOS determinism error.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -76,17 +80,34 @@ class Outcome:
     at_kills: list[tuple[Counter[str], list[str]]] = field(default_factory=list)
 
 
-def _process(db: str, run_id: str, program: str, log: Path, env: dict[str, str]):
+def _process(
+    db: str,
+    run_id: str,
+    program: str,
+    log: Path,
+    env: dict[str, str],
+    sigkill_after: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """One driver process; with ``sigkill_after``, SIGKILLed from here that many
+    seconds after it launched DBOS, if it is still running (its return code is
+    then 137)."""
     full = {k: v for k, v in os.environ.items() if not k.startswith(("DBOS_LLAMA_", "FUZZ_"))}
     full.update(PYTHONPATH=str(ROOT), DBOS_LLAMA_TEST_LOG=str(log), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "tests.fuzz_driver", db, run_id, program],
-        cwd=ROOT,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [sys.executable, "-m", "tests.fuzz_driver", db, run_id, program]
+    with subprocess.Popen(
+        args, cwd=ROOT, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        launched = proc.stdout.readline()  # "LAUNCHED" (or "" if it died first)
+        try:
+            out, err = proc.communicate(timeout=120 if sigkill_after is None else sigkill_after)
+        except subprocess.TimeoutExpired:
+            if sigkill_after is None:
+                raise
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate()
+            return subprocess.CompletedProcess(args, 137, launched + out, err)
+        return subprocess.CompletedProcess(args, proc.returncode, launched + out, err)
 
 
 async def _answer(db: str, run_id: str, number: int) -> None:
@@ -105,21 +126,30 @@ async def _read(db: str, run_id: str) -> tuple[Any, list[str]]:
 
 
 def drive(
-    tmp: Path, name: str, program: list[dict], kills: list[int], json_mode: bool = False
+    tmp: Path,
+    name: str,
+    program: list[dict],
+    kills: list[int],
+    json_mode: bool = False,
+    sigkills: list[float] | None = None,
 ) -> Outcome:
     """Run ``program`` to its end on a fresh database, killing the processes at
-    ``kills`` (the Nth kill point of the process each is given to) on the way."""
+    ``kills`` (the Nth kill point of the process each is given to) on the way, or
+    (``sigkills``) with SIGKILL from here that many seconds after each started."""
     db, log, run_id = f"sqlite:///{tmp / name}.sqlite", tmp / f"{name}.log", "fuzz-1"
     text = json.dumps(program)
     out, pending, answered = Outcome(), list(kills), 0
-    for _ in range(4 * len(program) + len(kills) + 2):
+    timed = list(sigkills or [])
+    for _ in range(4 * len(program) + len(kills) + len(timed) + 2):
         env = {"FUZZ_ANSWERED": str(answered), **({"FUZZ_JSON": "1"} if json_mode else {})}
         if pending:
             env["FUZZ_KILL_AT"] = str(pending[0])
-        proc = _process(db, run_id, text, log, env)
+        proc = _process(db, run_id, text, log, env, timed[0] if timed else None)
         out.stderr += proc.stderr
         if proc.returncode == 137:
-            out.kills.append(pending.pop(0))
+            out.kills.append(pending.pop(0) if pending else -1)
+            if not pending and timed:
+                timed.pop(0)
             done = snapshot(db, run_id).completed_calls.get(FX, [])
             out.at_kills.append((read_log(log), [o.strip("<>") for o in done]))
             continue
@@ -168,7 +198,7 @@ def expected_points(program: list[dict]) -> int:
         if spec["kind"] == "chain":
             total += 2 + 2 * spec["calls"] + spec["edit"] + spec["stream"]
         elif spec["kind"] == "fan":
-            total += 2 + spec["items"] * (3 + 2 * spec["calls"])
+            total += 2 + spec["items"] * (4 + 2 * spec["calls"])
         else:
             total += 2
     return total
@@ -197,11 +227,21 @@ def test_generated_programs_survive_kills(
     # The reference and both crashed runs at once, each on its own database.
     # The run with two kills stores its data as JSON (`JsonDataSerializer`) or pickles.
     json_mode = data.draw(st.booleans(), label="two-kill run stored as JSON")
-    scenarios = {"reference": ([], False), "one-kill": (one, False), "two-kills": (two, json_mode)}
+    # And SIGKILL from outside at a random moment (not at a kill point), twice.
+    moments = [
+        data.draw(st.floats(0.0, 3.0), label="first SIGKILL, s after launch"),
+        data.draw(st.floats(0.0, 3.0), label="second SIGKILL, s after launch"),
+    ]
+    scenarios = {
+        "reference": ([], False, None),
+        "one-kill": (one, False, None),
+        "two-kills": (two, json_mode, None),
+        "sigkills": ([], False, moments),
+    }
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = {
-            n: pool.submit(drive, tmp, n, program, kills, as_json)
-            for n, (kills, as_json) in scenarios.items()
+            n: pool.submit(drive, tmp, n, program, kills, as_json, timed)
+            for n, (kills, as_json, timed) in scenarios.items()
         }
         outcomes = {n: f.result() for n, f in futures.items()}
     reference = outcomes.pop("reference")
