@@ -21,10 +21,11 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
         "Durable LlamaIndex agents need llama-index-core: pip install 'dbos-llama[agents]'"
     ) from missing
 
+from ._binding import AUTO_INSTANCE_ATTR
+from ._context import run_id_var
 from ._durable_step import _checkpoint, _in_durable_step_code
-from ._runtime import _current_run_id, run_state
+from ._run_state import run_state
 from ._serialization import ensure_serializable, storable_exception
-from ._step_workflows import AUTO_INSTANCE_ATTR
 
 logger = logging.getLogger("dbos_llama")
 
@@ -258,7 +259,7 @@ class DurableMemory(ChatMemoryBuffer):
     async def _journal(self, change: Callable[[ChatMemoryBuffer], None]) -> None:
         """Store a changed copy in the run's state before changing this object in
         place: the state's journal only sees values replaced, not mutated."""
-        run_id = _current_run_id.get()
+        run_id = run_id_var.get()
         if self._store_path is None or run_id is None:
             return
         store = run_state(run_id).state_store
@@ -289,7 +290,7 @@ class DurableMemory(ChatMemoryBuffer):
 
 async def _make_memory_durable(ctx: Any) -> None:
     memory = await ctx.store.get(MEMORY_KEY, default=None)
-    if isinstance(memory, DurableMemory) or _current_run_id.get() is None:
+    if isinstance(memory, DurableMemory) or run_id_var.get() is None:
         return
     if isinstance(memory, ChatMemoryBuffer) and type(memory.chat_store) is SimpleChatStore:
         await ctx.store.set(MEMORY_KEY, DurableMemory.of(memory, MEMORY_KEY, origin=memory))

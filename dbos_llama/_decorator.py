@@ -12,9 +12,9 @@ from typing import Any, TypeVar, overload
 from workflows.workflow import Workflow
 
 from . import _naming
+from ._binding import Binding
 from ._registry import BINDING_ATTR, binding_of
 from ._runtime import dbos_runtime
-from ._step_workflows import Binding
 from .errors import NotAWorkflowError
 
 W = TypeVar("W", bound=type[Workflow])

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 import wrapt
 from dbos import DBOS
 
-from ._runtime import _current_invocation
+from ._context import invocation_var
 from ._serialization import ensure_serializable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _in_durable_step_code() -> bool:
     """True inside the code of a step invocation (and not inside a DBOS step)."""
-    return _current_invocation.get() is not None and DBOS.step_status is None
+    return invocation_var.get() is not None and DBOS.step_status is None
 
 
 @overload
@@ -125,7 +125,7 @@ def durable_step(
 
 
 def _replayed(name: str) -> tuple[bool, Any]:
-    invocation = _current_invocation.get()
+    invocation = invocation_var.get()
     assert invocation is not None
     return invocation.recorded_result(name)
 

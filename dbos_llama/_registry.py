@@ -4,24 +4,47 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._naming import NAME_PREFIX
 from ._redact import PasswordRedactor
 from .errors import DuplicateNameError, WorkflowNotRegisteredError
 
 if TYPE_CHECKING:
-    from ._step_workflows import Binding
+    from workflows.events import StartEvent
+    from workflows.workflow import Workflow
 
-#: Attribute of a durable class holding its `Binding` (set on that class only).
+
+class DurableBinding(Protocol):
+    """What the layers under the decorator use of one durable class's registration
+    (`_binding.Binding` is the implementation)."""
+
+    cls: type[Workflow]
+    name: str
+    version: str
+    queue: str | None
+    instance: Workflow | None
+
+    def describe(self) -> str: ...
+    def register_step(self, step: str) -> Callable[..., Any]: ...
+    def step_caller(self, step: str) -> Callable[..., Any]: ...
+    async def start_run(self, run_id: str, start_event: StartEvent) -> Any: ...
+    def error_no_start_event(self) -> Exception: ...
+    async def instance_for(self, run_id: str) -> Workflow: ...
+    async def hold_if_other_version(self, workflow_id: str, version: str) -> None: ...
+    async def recorded_version(self, run_id: str, input_version: str) -> str: ...
+
+
+#: Attribute of a durable class holding its `DurableBinding` (set on that class only).
 BINDING_ATTR = "__dbos_llama_binding__"
 
-_by_name: dict[str, Binding] = {}
+_by_name: dict[str, DurableBinding] = {}
 # Every DBOS workflow name claimed, mapped to the workflow name that claimed it.
 _claimed: dict[str, str] = {}
 
 
-def binding_of(obj: Any) -> Binding:
+def binding_of(obj: Any) -> DurableBinding:
     """The binding of a durable class or of an instance of one."""
     cls = obj if isinstance(obj, type) else type(obj)
     binding = cls.__dict__.get(BINDING_ATTR)
@@ -33,12 +56,12 @@ def binding_of(obj: Any) -> Binding:
     return binding
 
 
-def lookup(name: str) -> Binding | None:
+def lookup(name: str) -> DurableBinding | None:
     """The binding registered under workflow name ``name``, if any."""
     return _by_name.get(name)
 
 
-def claim(binding: Binding, dbos_names: list[str]) -> None:
+def claim(binding: DurableBinding, dbos_names: list[str]) -> None:
     """Reserve ``binding.name`` and its DBOS names, or raise `DuplicateNameError`."""
     owner = _by_name.get(binding.name)
     if owner is not None and owner is not binding:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+from typing import Any
 
 from dbos import DBOS
 
@@ -22,7 +23,9 @@ from tests.shared_state_flows import PartDone, SetAndEdit, SharedCount
 async def main(db_url: str, runs: int) -> None:
     shared, set_edit = SharedCount(timeout=None), SetAndEdit(timeout=None)
     version = os.environ.get("DBOS_LLAMA_APP_VERSION")
-    DBOS(config=dbos_config(db_url, **({"application_version": version} if version else {})))
+    extra: dict[str, Any] = {"application_version": version} if version else {}
+    # A small pool: the PostgreSQL tests share one server (max_connections 100).
+    DBOS(config=dbos_config(db_url, sys_db_pool_size=8, **extra))
     DBOS.launch()
     try:
         handlers = {f"shared-{n}": shared.run(run_id=f"shared-{n}") for n in range(runs)}

@@ -1,0 +1,252 @@
+"""The run adapters: the run's own side (steps, control loop) and the caller's side."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any
+
+from dbos import DBOS, WorkflowSerializationFormat
+from dbos import error as dbos_error
+from workflows.context.state_store import StateStore
+from workflows.errors import WorkflowCancelledByUser
+from workflows.events import Event, InternalDispatchEvent, StopEvent
+from workflows.runtime.types.named_task import NamedTask, PendingStart
+from workflows.runtime.types.plugin import (
+    ExternalRunAdapter,
+    InternalRunAdapter,
+    WaitForNextTaskResult,
+    WaitResult,
+)
+from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
+
+from . import _envelope as envelope
+from . import _naming
+from ._context import invocation_var, outside_workflow
+from ._decisions import Decisions
+from ._mailbox import Mailbox
+from ._run_state import RunState, _runs, forget_run
+from ._serialization import ensure_serializable
+from ._upstream import awaited_event_types
+
+#: How often a process that did not start a run polls the database for its result.
+ATTACH_POLLING_INTERVAL_SEC = 0.1
+
+
+async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:
+    """The stored stream of a run from ``offset``, live until the run ends (its
+    StopEvent is not in it: it is the run's result)."""
+    async for event in DBOS.read_stream_async(
+        run_id, _naming.STREAM_KEY, offset=offset, polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
+    ):
+        yield event
+        if isinstance(event, StopEvent):
+            return  # stored by an earlier version of dbos_llama
+
+
+def _observe(outcome: asyncio.Future[Any]) -> None:
+    # Mark the outcome's exception as read: waiters may all have given up.
+    if not outcome.cancelled():
+        outcome.exception()
+
+
+class DBOSInternalAdapter(InternalRunAdapter):
+    """The control loop's and the steps' side of a durable run.
+
+    Events sent by steps travel as DBOS messages to the run; the mailbox is a DBOS
+    ``recv``; which of several concurrent tasks finished first is checkpointed with
+    ``DBOS.asyncio_wait``, so a replay after a crash makes the same decisions.
+    """
+
+    def __init__(self, run: RunState, accepted: list[type[Any]] | None = None) -> None:
+        self._run = run
+        self._mailbox = Mailbox(run, accepted or [])
+        self._decisions = Decisions(run, self._mailbox)
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    # Not ``async`` either: events are checked and ordered at the call site.
+    def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        if not isinstance(event, InternalDispatchEvent):
+            ensure_serializable(event, f"Event {type(event).__name__} written to the stream")
+        self._run.publish(event)
+        if isinstance(event, InternalDispatchEvent):
+            # Step state changes are for live observers only: not worth a row each.
+            return _done()
+        invocation = invocation_var.get()
+        if invocation is not None:
+            # A step: stored with the invocation's result, so a step that re-runs
+            # after a crash never stores its events twice.
+            invocation.stream.append(event)
+            return _done()
+        if isinstance(event, StopEvent):
+            # Recorded as the run's result: readers of the stored stream end it with
+            # that (not worth two rows of the stream).
+            return _done()
+        # The control loop itself (e.g. a waiter's event): a checkpointed write.
+        return DBOS.write_stream_async(_naming.STREAM_KEY, event)
+
+    async def on_tick(self, tick: WorkflowTick) -> None:
+        if not isinstance(tick, TickStepResult):
+            return
+        for awaited in awaited_event_types(tick.result):
+            if awaited not in self._run.awaited_types:
+                self._run.awaited_types.append(awaited)
+        if tick.invocation_id is not None:
+            for event in self._run.pending_stream.pop(tick.invocation_id, ()):
+                await DBOS.write_stream_async(_naming.STREAM_KEY, event)
+
+    async def get_now(self) -> float:
+        # The run's recorded clock: it advances only at recorded decisions, so a
+        # replay schedules timeouts and retry delays exactly as the first run did.
+        return self._run.clock
+
+    # Deliberately not ``async``: the synchronous part runs at the call site, in the
+    # order the step's code makes its calls, so every send gets a deterministic
+    # idempotency key; the returned coroutine does the I/O later.
+    def send_event(self, tick: WorkflowTick) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+        if isinstance(tick, TickAddEvent):
+            ensure_serializable(
+                tick.event, f"Event {type(tick.event).__name__} sent with ctx.send_event"
+            )
+        invocation = invocation_var.get()
+        key = invocation.next_send_key() if invocation is not None else None
+        return _send_outside_workflow(self._run.run_id, tick, key)
+
+    async def wait_receive(self, timeout_seconds: float | None = None) -> WaitResult:
+        return await self._mailbox.receive(timeout_seconds)
+
+    def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
+        if namespace:
+            return None
+        return self._run.state_store
+
+    async def wait_for_next_task(
+        self,
+        running: list[NamedTask],
+        pending: list[PendingStart],
+        timeout: float | None = None,
+    ) -> WaitForNextTaskResult:
+        return await self._decisions.next_task(running, pending, timeout)
+
+
+async def _done() -> None:
+    return None
+
+
+async def cancel_run_by_id(run_id: str) -> None:
+    """Mark a run and its unfinished steps CANCELLED in the database; a process
+    executing it notices within `CANCEL_POLL_SECONDS` and stops."""
+    await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
+
+
+async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
+    # Not a checkpoint of the sending step: the idempotency key makes a send that a
+    # re-executed step repeats a no-op.
+    await outside_workflow(
+        functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key)
+    )
+
+
+async def send_envelope(run_id: str, message: dict[str, Any]) -> None:
+    """Write an outside event's JSON envelope to the run's mailbox (portable JSON)."""
+    await DBOS.send_async(
+        run_id, message, _naming.TICK_TOPIC, serialization_type=WorkflowSerializationFormat.PORTABLE
+    )
+
+
+class DBOSExternalAdapter(ExternalRunAdapter):
+    """The caller's side of a durable run: send events, stream, await the result."""
+
+    def __init__(self, run: RunState) -> None:
+        self._run = run
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    async def send_event(self, tick: WorkflowTick) -> None:
+        if isinstance(tick, TickAddEvent):
+            # From outside the run: carried as JSON, never as a pickle.
+            step = str(tick.step_id) if tick.step_id is not None else None
+            await send_envelope(self._run.run_id, envelope.encode(tick.event, step))
+            return
+        await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
+
+    async def cancel(self) -> None:
+        run = self._run
+        if run.executing:
+            run.request_cancel()  # the run ends itself, promptly and cleanly
+        else:
+            await cancel_run_by_id(run.run_id)
+
+    async def stream_published_events(self) -> AsyncGenerator[Event, None]:
+        run = self._run
+        if run.start_task is not None:
+            await asyncio.shield(run.start_task)
+        if run.fresh:
+            source = self._local_events()
+        else:
+            # The run executes (or executed) elsewhere or before this process
+            # started: read its durable stream from the beginning.
+            source = read_run_stream(run.run_id)
+        async for event in source:
+            yield event
+            if isinstance(event, StopEvent):
+                return
+        # The stream ended without a StopEvent: the run failed or was cancelled.
+        yield await self.get_result()
+
+    async def _local_events(self) -> AsyncGenerator[Event, None]:
+        queue = self._run.subscribe()
+        result = asyncio.ensure_future(self.get_result())
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                    continue
+                getter.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()
+                return
+        finally:
+            self._run.unsubscribe(queue)
+            if not result.done():
+                result.cancel()
+
+    async def get_result(self) -> StopEvent:
+        run = self._run
+        try:
+            if run.outcome is None:
+                run.outcome = asyncio.ensure_future(self._outcome())
+                run.outcome.add_done_callback(_observe)
+            # Shielded: a waiter that gives up (e.g. a stream reader) must not
+            # cancel the shared wait, let alone the run.
+            return await asyncio.shield(run.outcome)
+        finally:
+            # A run this process only attached to is forgotten once it has ended
+            # (a run executing here is forgotten by its own DBOS workflow).
+            if not run.executing and _runs.get(run.run_id) is run and run.outcome.done():
+                forget_run(run.run_id)
+
+    async def _outcome(self) -> StopEvent:
+        run = self._run
+        if run.start_task is not None:
+            handle = await run.start_task
+        else:
+            handle = await DBOS.retrieve_workflow_async(run.run_id)
+        try:
+            # A run started here is awaited directly; any other is polled.
+            return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+        except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
+            raise WorkflowCancelledByUser() from cancelled
+
+    def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
+        if namespace:
+            return None
+        return self._run.state_store

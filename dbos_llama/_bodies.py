@@ -1,0 +1,314 @@
+"""The DBOS workflow bodies of a durable class (run, step invocation) and its step caller."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from dbos import DBOS, SetWorkflowID
+from dbos import error as dbos_error
+from workflows.errors import WorkflowCancelledByUser
+from workflows.events import Event, StartEvent, StopEvent
+from workflows.runtime.types.internal_state import BrokerState
+from workflows.runtime.types.results import (
+    RetryAttempt,
+    StepWorkerFailed,
+    StepWorkerOutput,
+    StepWorkerState,
+)
+
+from . import _naming, _registry
+from ._context import Invocation, invocation_var, outside_workflow, run_id_var
+from ._registry import DurableBinding
+from ._run_state import RunState, forget_run, run_state
+from ._runtime import dbos_runtime
+from ._serialization import ensure_serializable, storable_exception
+from ._step_workflows import StepOutcome
+from .errors import (
+    NotSerializableError,
+)
+
+if TYPE_CHECKING:
+    from workflows.workflow import Workflow
+
+
+logger = logging.getLogger("dbos_llama")
+
+
+def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
+    """The DBOS workflow body of a run of ``binding``'s class."""
+
+    async def run_body(start_event: StartEvent, version: str, started_at: float) -> StopEvent:
+        run_id = DBOS.workflow_id
+        assert run_id is not None
+        run = run_state(run_id)
+        first_here = not run.body_present
+        run.body_present = True  # its state stays in this process's table
+        if not run.fresh:
+            # Recovered, resumed or forked (not started just now by this
+            # process): a fork onto other code carries its version.
+            version = await binding.recorded_version(run_id, version)
+        await binding.hold_if_other_version(run_id, version)
+        workflow = await binding.instance_for(run_id)
+        run.executing = True
+        run.start_clock(started_at, first_here)
+        await run.load_wakes()
+        await run.restore_state(workflow)
+        token = run_id_var.set(run_id)
+        try:
+            registered = dbos_runtime.get_or_register(workflow)
+            result = await registered.workflow_run_fn(
+                BrokerState.from_workflow(workflow), start_event, None
+            )
+        except BaseException as error:
+            if not await _was_cancelled(run_id, error):
+                raise
+            # Cancelled by handler.cancel_run() (an in-process request) or by run
+            # ID (DBOS status): the run and its unfinished steps end CANCELLED.
+            _registry.cancelled_runs.add(run_id)
+            logger.info("Run %r of %r was cancelled.", run_id, binding.name)
+            await outside_workflow(
+                functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True)
+            )
+            raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was cancelled") from error
+        else:
+            # No close of the stream: it ends with the StopEvent, and DBOS ends
+            # its readers when the run's workflow ends.
+            return result
+        finally:
+            run_id_var.reset(token)
+            run.executing = False
+            leftovers = sorted(run.inflight)
+            forget_run(run_id)
+            if leftovers:
+                await _cancel_outside_workflow(leftovers)
+
+    run_body.__qualname__ = f"run[{binding.name}]"
+    return run_body
+
+
+def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
+    """The DBOS workflow body of one step invocation of ``binding``'s class."""
+
+    async def step_body(
+        run_id: str,
+        step_name: str,
+        event: Event,
+        state: StepWorkerState,
+        bound_events: dict[str, Event] | None,
+        retry: RetryAttempt,
+        version: str,
+        rerun_of: str | None,
+        checkpoint_edits: bool = False,
+    ) -> StepOutcome:
+        invocation_id = DBOS.workflow_id
+        assert invocation_id is not None
+        await binding.hold_if_other_version(invocation_id, version)
+        workflow = await binding.instance_for(run_id)
+        run_token = run_id_var.set(run_id)
+        # Invocations recorded before state writes were checkpoints have no such
+        # input: they replay as they were recorded.
+        invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits)
+        if rerun_of is not None:
+            invocation.recorded = await _recorded_calls(rerun_of)
+        run = run_state(run_id)
+        await run.restore_state(workflow)
+        run.local_steps += 1
+        inv_token = invocation_var.set(invocation)
+        try:
+            inner = dbos_runtime.inner_step(workflow, step_name)
+            outputs = await inner(
+                state=state,
+                step_name=step_name,
+                event=event,
+                workflow=workflow,
+                bound_events=bound_events,
+                retry=retry,
+            )
+            run.finished_bodies.add(invocation_id)
+            outputs = _failures_on_run_clock(run, outputs)
+        finally:
+            invocation_var.reset(inv_token)
+            run_id_var.reset(run_token)
+            run.local_steps -= 1
+            if run.local_steps == 0 and not run.body_present and run.start_task is None:
+                # A step recovered here while its run executes elsewhere.
+                forget_run(run_id)
+        return StepOutcome(
+            _storable_outputs(step_name, outputs),
+            invocation.stream,
+            invocation.state,
+            run.clock_if_live(),
+        )
+
+    step_body.__qualname__ = f"step[{binding.name}]"
+    return step_body
+
+
+def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
+    """The `StepWorkerFunction` the control loop calls for ``step``: runs the step's
+    DBOS workflow."""
+    step_function = binding.register_step(step)
+
+    # Keyword names must match upstream's StepWorkerFunction exactly.
+    async def call_step(
+        state: StepWorkerState,
+        step_name: str,
+        event: Event,
+        workflow: Workflow,
+        bound_events: dict[str, Event] | None = None,
+        retry: RetryAttempt = RetryAttempt(),
+    ) -> list[StepWorkerOutput]:
+        # Everything up to the child call is synchronous: the child's DBOS
+        # function IDs are taken in the deterministic order tasks first run.
+        run_id = run_id_var.get()
+        assert run_id is not None, "a step ran outside its durable run"
+        run = run_state(run_id)
+        invocation_id = run.next_invocation_id(step_name)
+        rerun_of = _rerun_of(run.work_items, state, invocation_id)
+        retry = _storable_retry(retry)
+        run.inflight.add(invocation_id)
+        task = asyncio.current_task()
+        if task is not None:
+            run.task_invocations[task] = invocation_id
+        with SetWorkflowID(invocation_id):
+            try:
+                outcome = await step_function(
+                    run_id,
+                    step_name,
+                    event,
+                    state,
+                    bound_events,
+                    retry,
+                    binding.version,
+                    rerun_of,
+                    True,  # state writes are checkpoints
+                )
+            except asyncio.CancelledError:
+                raise  # stays in-flight: the run cancels it in DBOS when it ends
+            except BaseException:
+                run.inflight.discard(invocation_id)
+                raise
+        run.inflight.discard(invocation_id)
+        if task is not None:
+            run.task_clocks[task] = outcome.clock
+        # The invocation may have run in another process (recovered elsewhere).
+        run.absorb(workflow, invocation_id, outcome.state)
+        if outcome.stream and state.invocation_id is not None:
+            run.pending_stream[state.invocation_id] = outcome.stream
+        return outcome.outputs
+
+    return call_step
+
+
+def _rerun_of(
+    work_items: dict[str, list[str]], state: StepWorkerState, invocation_id: str
+) -> str | None:
+    """The earlier invocation that this one re-runs because an awaited event arrived
+    (``ctx.wait_for_event``), whose recorded calls it replays; None otherwise."""
+    if state.work_item_id is None:
+        return None
+    earlier = work_items.setdefault(state.work_item_id, [])
+    earlier.append(invocation_id)
+    resumed = any(w.resolved_event is not None for w in state.collected_waiters)
+    return earlier[-2] if resumed and len(earlier) > 1 else None
+
+
+async def _recorded_calls(invocation_id: str) -> list[tuple[str, Any]]:
+    """The durable calls an earlier invocation completed, in order: (name, output)."""
+    steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, invocation_id))
+    return [
+        (s["function_name"], s["output"])
+        for s in steps
+        if s["error"] is None
+        and s["child_workflow_id"] is None
+        and not s["function_name"].startswith("DBOS.")
+        # State writes are made again, as upstream re-runs the step's code.
+        and s["function_name"] != _naming.STATE_STEP
+    ]
+
+
+def _failures_on_run_clock(
+    run: RunState, outputs: list[StepWorkerOutput]
+) -> list[StepWorkerOutput]:
+    """Upstream stamps a step failure with the wall clock; the run's clock lags it by
+    the time the run was down (or queued), so retry delays would count that time too.
+    Put the failure on the run's clock (when the run executes here)."""
+    lag = run.live_offset()
+    if not lag:
+        return outputs
+    return [
+        o.model_copy(update={"failed_at": o.failed_at - lag})
+        if isinstance(o, StepWorkerFailed)
+        else o
+        for o in outputs
+    ]
+
+
+def _storable_retry(retry: RetryAttempt) -> RetryAttempt:
+    if retry.last_exception is None:
+        return retry
+    exc = storable_exception(retry.last_exception)
+    if exc is retry.last_exception:
+        return retry
+    assert isinstance(exc, Exception)
+    return dataclasses.replace(retry, last_exception=exc)
+
+
+def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[StepWorkerOutput]:
+    """The step's outputs, made safe to record: failures as storable exceptions, and
+    a result DBOS cannot serialize turned into a clear failure of the step."""
+    safe: list[StepWorkerOutput] = []
+    for output in outputs:
+        if isinstance(output, StepWorkerFailed):
+            exc = storable_exception(output.exception)
+            if exc is not output.exception:
+                output = output.model_copy(update={"exception": exc})
+        safe.append(output)
+    try:
+        ensure_serializable(safe, f"The output of step {step_name!r}")
+    except NotSerializableError as whole:
+        failure = whole
+        # Prefer the precise culprit: the step's own serialization error (e.g. from
+        # ctx.send_event), else the event the step returned.
+        raised = [
+            o.exception
+            for o in safe
+            if isinstance(o, StepWorkerFailed) and isinstance(o.exception, NotSerializableError)
+        ]
+        for output in [] if raised else outputs:
+            result = getattr(output, "result", None)
+            if result is None:
+                continue
+            try:
+                ensure_serializable(
+                    result, f"Step {step_name!r} returned {type(result).__name__}, which"
+                )
+            except NotSerializableError as precise:
+                failure = precise
+                break
+        failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
+        return [StepWorkerFailed(exception=raised[0] if raised else failure, failed_at=failed_at)]
+    return safe
+
+
+async def _was_cancelled(run_id: str, error: BaseException) -> bool:
+    """Whether ``error`` ended the run because it was cancelled."""
+    if isinstance(error, (WorkflowCancelledByUser, dbos_error.DBOSWorkflowCancelledError)):
+        return True
+    if isinstance(error, dbos_error.DBOSWorkflowConflictIDError):
+        # Cancelling by run ID takes the run away from this execution.
+        status = await outside_workflow(functools.partial(DBOS.get_workflow_status, run_id))
+        return status is not None and status.status == "CANCELLED"
+    return False
+
+
+async def _cancel_outside_workflow(invocation_ids: list[str]) -> None:
+    # Step invocations the control loop abandoned (e.g. siblings of the step that
+    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them.
+    for invocation_id in invocation_ids:
+        await outside_workflow(functools.partial(DBOS.cancel_workflow, invocation_id))

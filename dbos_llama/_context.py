@@ -1,0 +1,69 @@
+"""Which durable run and step invocation the executing code belongs to."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from workflows.events import Event
+
+from . import _naming
+from ._state import Patch
+
+#: The run whose code is executing (the run's DBOS workflow and its step invocations).
+run_id_var: ContextVar[str | None] = ContextVar("dbos_llama_run_id", default=None)
+#: The step invocation whose code is executing, if any.
+invocation_var: ContextVar[Invocation | None] = ContextVar("dbos_llama_invocation", default=None)
+
+
+@dataclass
+class Invocation:
+    """One step invocation (a child DBOS workflow) while its code runs in this process."""
+
+    invocation_id: str
+    sends: int = 0
+    # Events the step wrote to the stream, appended to the run's durable stream
+    # (exactly once) when the invocation's result is processed by the run.
+    stream: list[Event] = field(default_factory=list)
+    # State edits the step committed: (run-wide sequence number, JSON Patch).
+    state: list[Patch] = field(default_factory=list)
+    # Whether its state writes are checkpoints (not for an invocation recorded by a
+    # version of dbos_llama that did not checkpoint them: it replays as recorded).
+    checkpoint_edits: bool = True
+    # Calls (durable steps, helpers) recorded by the earlier invocation of the same
+    # work item that this one re-runs after ``ctx.wait_for_event``: (name, output).
+    recorded: list[tuple[str, Any]] = field(default_factory=list)
+    calls: int = 0
+
+    def next_send_key(self) -> str:
+        key = _naming.send_idempotency_key(self.invocation_id, self.sends)
+        self.sends += 1
+        return key
+
+    def recorded_result(self, name: str) -> tuple[bool, Any]:
+        """The next call's result as the earlier invocation recorded it, if any."""
+        index = self.calls
+        self.calls += 1
+        if index < len(self.recorded) and self.recorded[index][0] == name:
+            return True, self.recorded[index][1]
+        self.recorded = []  # the code took another path: stop replaying
+        return False, None
+
+
+def current_invocation_patches() -> list[Patch] | None:
+    invocation = invocation_var.get()
+    return None if invocation is None else invocation.state
+
+
+def current_run_id() -> str | None:
+    """The ID of the durable run whose code is executing, or None outside one."""
+    return run_id_var.get()
+
+
+async def outside_workflow(call: Callable[[], Any]) -> Any:
+    """Run a DBOS call in an executor thread: it carries no DBOS context, so the
+    call is not a checkpoint of the calling workflow and takes none of its IDs."""
+    return await asyncio.get_running_loop().run_in_executor(None, call)

@@ -1,0 +1,233 @@
+"""The decision engine: what finished first while a run waits, recorded and replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from dbos import DBOS
+from workflows.events import StopEvent
+from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
+from workflows.runtime.types.plugin import (
+    WaitForNextTaskResult,
+)
+from workflows.runtime.types.ticks import TickCancelRun, TickStepResult
+
+from . import _naming
+from ._context import outside_workflow
+from ._mailbox import Mailbox
+from ._run_state import RunState
+
+
+def result_of(task: asyncio.Task[Any]) -> Any:
+    """A task's result if it returned one, else None (running, cancelled, raised)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+def _stops(task: asyncio.Task[Any]) -> bool:
+    """Whether a finished worker task's step returned a StopEvent."""
+    tick = result_of(task)
+    return isinstance(tick, TickStepResult) and any(
+        isinstance(getattr(r, "result", None), StopEvent) for r in tick.result
+    )
+
+
+def _holds_cancel(task: asyncio.Task[Any]) -> bool:
+    """Whether a mailbox pull ended with the run's cancellation (never recorded)."""
+    return isinstance(result_of(task), TickCancelRun)
+
+
+#: DBOS statuses of a step invocation that has not finished (one cancelled while the
+#: run executes here still runs until the run notices).
+_UNFINISHED = frozenset({"PENDING", "ENQUEUED", "DELAYED", "CANCELLED"})
+
+
+def _task_order(named: NamedTask) -> tuple[int, str]:
+    # Workers before the mailbox pull (upstream's priority), each in a stable order.
+    return (1, named.key) if isinstance(named, PullTask) else (0, named.key)
+
+
+class Decisions:
+    """Which of the running tasks the control loop takes next, recorded so that a
+    replay after a crash takes the same (`wait_for_next_task` of the adapter)."""
+
+    def __init__(self, run: RunState, mailbox: Mailbox) -> None:
+        self._run = run
+        self._mailbox = mailbox
+        # Calls of `next_task` so far: the same sequence in every replay.
+        self._waits = 0
+
+    async def next_task(
+        self,
+        running: list[NamedTask],
+        pending: list[PendingStart],
+        timeout: float | None = None,
+    ) -> WaitForNextTaskResult:
+        # Start in the given (deterministic) order: each task takes its DBOS function
+        # IDs synchronously when it first runs, and first runs happen in FIFO order.
+        started = [p.start(asyncio.create_task(p.coro)) for p in pending]
+        if started:
+            # Let each new task run to its first DBOS call, which takes its function
+            # IDs: before any checkpoint below, live and replaying alike.
+            await asyncio.sleep(0)
+        named = sorted([*running, *started], key=_task_order)
+        tasks = [n.task for n in named]
+        if not tasks:
+            return WaitForNextTaskResult(None, started)
+        pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        number = self._waits
+        self._waits += 1
+        if len(tasks) == 1 and timeout is None:
+            # Nothing to choose between and no deadline: no checkpoint needed.
+            if pull is None:
+                await asyncio.wait(tasks)
+            else:
+                await self._mailbox.settle(tasks[0])
+            return WaitForNextTaskResult(tasks[0], started)
+        if len(tasks) == 2 and pull == 1:
+            return await self._one_step(number, tasks[0], tasks[1], timeout, started)
+
+        async def choose() -> tuple[int | None, float]:
+            # The pull counts as finished once an outside event reached it.
+            arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [*tasks, arrived], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                arrived.cancel()
+            first = next(
+                (
+                    i
+                    for i, task in enumerate(tasks)
+                    if task in done or (i == pull and arrived in done)
+                ),
+                None,
+            )
+            cancel = first == pull and _holds_cancel(tasks[first])
+            return first, self._run.live_clock(), cancel
+
+        # One checkpoint records which task finished first (or that the deadline
+        # came) and when; a replay returns the same choice and the same time.
+        index, self._run.clock, cancel = await DBOS.run_step_async(
+            {"name": _naming.NEXT_STEP}, choose
+        )
+        if index is None:
+            return WaitForNextTaskResult(None, started)
+        completed = tasks[index]
+        if cancel and not _holds_cancel(completed):
+            # A cancel is never replayed: this resumed run waits again from here.
+            return WaitForNextTaskResult(None, started)
+        if index == pull:
+            await self._mailbox.settle(completed)
+        else:
+            if not completed.done():  # replaying: the recorded task finishes now
+                await asyncio.wait([completed])
+            await self._let_siblings_finish_recording(completed, tasks)
+        return WaitForNextTaskResult(completed, started)
+
+    async def _let_siblings_finish_recording(
+        self, completed: asyncio.Task[Any], tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """Before a StopEvent ends the run (and upstream cancels the other steps),
+        wait for the steps whose code has returned here while DBOS records their
+        results, so none is cut off mid-record (and then cancelled as unfinished)."""
+        if not _stops(completed):
+            return
+        recording = [
+            task
+            for task in tasks
+            if task is not completed
+            and not task.done()
+            and self._run.task_invocations.get(task) in self._run.finished_bodies
+        ]
+        if recording:
+            await asyncio.wait(recording)
+
+    async def _one_step(
+        self,
+        number: int,
+        worker: asyncio.Task[Any],
+        pull: asyncio.Task[Any],
+        timeout: float | None,
+        started: list[NamedTask],
+    ) -> WaitForNextTaskResult:
+        """One step runs beside the mailbox: the common case, checkpointed only when
+        the step does not finish first.
+
+        The step finishing first needs no record: a replay waits for it, and takes
+        the run's clock from its recorded result. The mailbox or the deadline coming
+        first is recorded (`WAKE_STEP`), by wait number; a replay reads those records
+        when its body starts. Either one counts as first only while the step's DBOS
+        workflow is still unfinished in the database, so a replay, which receives
+        recorded messages at once, never takes them ahead of a step that finished.
+        """
+        run = self._run
+        kind = run.wakes.get(number) or await self._race(worker, pull, timeout)
+        if kind == "step":
+            return await self._step_won(worker, started)
+        if kind == "cancel":  # never recorded: a resumed run waits again
+            return WaitForNextTaskResult(pull, started)
+
+        def wake() -> tuple[int, str, float]:
+            return number, kind, run.live_clock()
+
+        _number, kind, run.clock = await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake)
+        if kind == "pull":
+            await self._mailbox.settle(pull)
+            return WaitForNextTaskResult(pull, started)
+        return WaitForNextTaskResult(None, started)  # the deadline came
+
+    async def _race(
+        self, worker: asyncio.Task[Any], pull: asyncio.Task[Any], timeout: float | None
+    ) -> str:
+        """What comes first, live: "step", "pull", "cancel" or "timeout"."""
+        arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
+        remaining = None if timeout is None else max(0.0, timeout - self._run.elapsed_since_clock())
+        try:
+            done, _ = await asyncio.wait(
+                [worker, pull, arrived], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            arrived.cancel()
+        if worker in done:
+            return "step"
+        if pull in done and _holds_cancel(pull):
+            return "cancel"
+        if await self._step_finished(worker):
+            return "step"
+        return "pull" if done else "timeout"
+
+    async def _step_finished(self, worker: asyncio.Task[Any]) -> bool:
+        """Whether the worker's step invocation has finished in the database (one
+        not created yet has not)."""
+        invocation_id = self._run.task_invocations.get(worker)
+        if invocation_id is None:
+            return False
+        status = await outside_workflow(
+            functools.partial(DBOS.get_workflow_status, self._run.invocation_in_db(invocation_id))
+        )
+        return status is not None and status.status not in _UNFINISHED
+
+    async def _step_won(
+        self, worker: asyncio.Task[Any], started: list[NamedTask]
+    ) -> WaitForNextTaskResult:
+        if not worker.done():
+            await asyncio.wait([worker])
+        clock = self._run.task_clocks.pop(worker, None)
+        if clock is not None:
+            # The run's clock as the step's recorded result says it ended.
+            self._run.clock = max(self._run.clock, clock)
+        else:
+            # A step that ended while the run replayed, or elsewhere: its time is
+            # recorded here, for what its result schedules (a retry, a timeout).
+            def when() -> tuple[int | None, float, bool]:
+                return 0, self._run.live_clock(), False
+
+            _index, self._run.clock, _cancel = await DBOS.run_step_async(
+                {"name": _naming.NEXT_STEP}, when
+            )
+        return WaitForNextTaskResult(worker, started)

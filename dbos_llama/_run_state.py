@@ -1,0 +1,305 @@
+"""What this process holds for each run, and the watcher of cancels from elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dbos import DBOS
+from workflows.context.state_store import infer_state_type
+from workflows.events import Event, StopEvent
+
+from . import _naming
+from ._state import DurableStateStore, Patch, StateJournal, recorded_edits
+
+if TYPE_CHECKING:
+    from workflows.workflow import Workflow
+
+from ._context import current_invocation_patches, invocation_var, outside_workflow
+
+#: How often a waiting run checks whether another process cancelled it.
+CANCEL_POLL_SECONDS = 2.0
+
+
+@dataclass
+class _Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Event]
+
+
+@dataclass
+class RunState:
+    """What this process holds for one run: local stream, result, counters."""
+
+    run_id: str
+    state_store: DurableStateStore[Any] | None = None
+    state_restored: bool = False
+    _restore_lock: asyncio.Lock | None = None
+    # The run's clock (seconds since the epoch) as recorded at its last decision.
+    clock: float = 0.0
+    _clock_offset: float = 0.0
+    _resume_real_time: float | None = None
+    # True when this process just started the run (not a replay, not dequeued): no
+    # step of the run can have completed before.
+    brand_new: bool = False
+    cancel_requested: bool = False
+    _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+    invocations: int = 0
+    inflight: set[str] = field(default_factory=set)
+    # Step invocations whose code has returned in this process (DBOS may still be
+    # recording their results).
+    finished_bodies: set[str] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+    subscribers: list[_Subscriber] = field(default_factory=list)
+    executing: bool = False
+    # Step invocations of the run executing in this process right now.
+    local_steps: int = 0
+    # True once the run's own DBOS workflow body started in this process.
+    body_present: bool = False
+    # True when this process is starting the run's DBOS workflow itself (not
+    # recovering, resuming or dequeuing it): its body needs no recorded-version
+    # lookup, and this process sees every event the run publishes.
+    fresh: bool = False
+    # Stream events of finished step invocations, by upstream invocation ID, until
+    # the run appends them to its durable stream.
+    pending_stream: dict[str, list[Event]] = field(default_factory=dict)
+    # Event types steps of the run waited for with ``ctx.wait_for_event``: outside
+    # senders may deliver them (besides the events the workflow's steps accept).
+    awaited_types: list[type[Any]] = field(default_factory=list)
+    # Event types the workflow's steps accept (computed once per run).
+    accepted: list[type[Any]] | None = None
+    # Step invocation IDs of each upstream work item, in call order.
+    work_items: dict[str, list[str]] = field(default_factory=dict)
+    # Recorded `WAKE_STEP` decisions of the executing body, by wait number: what a
+    # replay takes instead of the step it waited for.
+    wakes: dict[int, str] = field(default_factory=dict)
+    # Recorded step invocation IDs by `invocation_key` (see `load_wakes`).
+    recorded_children: dict[str, str] = field(default_factory=dict)
+    # The step invocation each worker task calls, and the run's clock at its end.
+    task_invocations: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    task_clocks: weakref.WeakKeyDictionary[asyncio.Task[Any], float | None] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    # The run's outcome as DBOS records it, awaited by every local waiter.
+    outcome: asyncio.Future[StopEvent] | None = None
+    start_task: asyncio.Task[Any] | None = None
+
+    def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
+        """The run's `ctx.store`, created on first use with the workflow's state type."""
+        if self.state_store is None:
+            journal = StateJournal(current_invocation_patches)
+            self.state_store = DurableStateStore(
+                infer_state_type(workflow)(), journal, invocation_var.get
+            )
+        return self.state_store
+
+    async def restore_state(self, workflow: Workflow) -> None:
+        """Once per process: rebuild the state from the run's recorded writes."""
+        if self.state_restored:
+            return
+        if self._restore_lock is None:
+            self._restore_lock = asyncio.Lock()
+        async with self._restore_lock:
+            if not self.state_restored and self.brand_new:
+                # The run's clock was just started, not replayed: a brand-new run,
+                # so no step of it has completed yet.
+                self.state_restored = True
+            if not self.state_restored:
+                edits = await outside_workflow(functools.partial(recorded_edits, DBOS, self.run_id))
+                self.store_for(workflow).apply_edits(edits)
+                self.state_restored = True
+
+    def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:
+        """Take in the state edits of a finished step invocation that the store does
+        not hold yet (it ran in another process)."""
+        if patches:
+            self.store_for(workflow).restore(patches, _naming.invocation_key(invocation_id))
+
+    def start_clock(self, started_at: float, first_here: bool) -> None:
+        """Start (or, replaying, restore) the run's clock from its recorded start.
+
+        ``started_at`` is an input of the run's DBOS workflow (recorded with it, so
+        every replay gets the same). A run this process just started is brand new
+        (``first_here``: a second execution of the body here, a resume, replays).
+        Any other execution (recovered, resumed, dequeued, forked) resumes the clock
+        where the recorded decisions leave it once its replay is over, so time
+        spent down or queued does not count as alive time (`Workflow(timeout=...)`).
+        """
+        self.clock = started_at
+        self.brand_new = self.fresh and first_here
+        self._resume_real_time = None if self.brand_new else time.time()
+
+    def live_offset(self) -> float | None:
+        """How far the run's clock lags the wall clock (its downtime), if the run
+        executes here past its replay; else None."""
+        if not self.executing or self._resume_real_time is not None:
+            return None
+        return self._clock_offset
+
+    def clock_if_live(self) -> float | None:
+        """The clock now if the run executes here past its replay, else None."""
+        offset = self.live_offset()
+        return None if offset is None else time.time() - offset
+
+    def elapsed_since_clock(self) -> float:
+        """Seconds of live time since the last recorded clock (0 while replaying)."""
+        live = self.clock_if_live()
+        return 0.0 if live is None else max(0.0, live - self.clock)
+
+    async def load_wakes(self) -> None:
+        """Read what a replay of the run's body needs from its recorded calls: the
+        `WAKE_STEP` decisions, and the step invocations it calls (a fork's reused
+        ones keep the IDs of the run they come from)."""
+        self.wakes = {}
+        self.recorded_children = {}
+        if self.brand_new:
+            return
+        steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
+        if not steps:
+            # Nothing recorded yet (e.g. a queued run, dequeued): it runs live from its
+            # start, and the time it waited does not count.
+            self.brand_new = True
+            if self._resume_real_time is not None:
+                self._clock_offset = self._resume_real_time - self.clock
+                self._resume_real_time = None
+            return
+        for row in steps:
+            if row["function_name"] == _naming.WAKE_STEP and row["output"] is not None:
+                number, kind, _clock = row["output"]
+                self.wakes[int(number)] = str(kind)
+            child = row.get("child_workflow_id")
+            if child and child.count("/") >= 2:
+                self.recorded_children[_naming.invocation_key(child)] = child
+
+    def invocation_in_db(self, invocation_id: str) -> str:
+        """The ID DBOS records for this run's step invocation ``invocation_id``."""
+        return self.recorded_children.get(_naming.invocation_key(invocation_id), invocation_id)
+
+    def live_clock(self) -> float:
+        """The clock at a decision made now (not replayed)."""
+        if self._resume_real_time is not None:
+            self._clock_offset = self._resume_real_time - self.clock
+            self._resume_real_time = None
+        return time.time() - self._clock_offset
+
+    def request_cancel(self) -> None:
+        """Ask the run, executing in this process, to end as cancelled."""
+        self.cancel_requested = True
+        if self._cancel_wakeup is not None:
+            loop, wakeup = self._cancel_wakeup
+            loop.call_soon_threadsafe(wakeup.set)
+
+    async def wait_cancelled(self) -> None:
+        """Return once the run is to be cancelled: asked here, or CANCELLED in the
+        database by another process (`cancel_watcher` looks every
+        `CANCEL_POLL_SECONDS`, for all the runs waiting in this process at once)."""
+        wakeup = asyncio.Event()
+        self._cancel_wakeup = (asyncio.get_running_loop(), wakeup)
+        cancel_watcher.watch(self)
+        try:
+            while not self.cancel_requested:
+                await wakeup.wait()
+                wakeup.clear()
+        finally:
+            cancel_watcher.unwatch(self)
+
+    def next_invocation_id(self, step_name: str) -> str:
+        number = self.invocations
+        self.invocations += 1
+        return _naming.step_invocation_id(self.run_id, step_name, number)
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for sub in list(self.subscribers):
+            if sub.loop is running:
+                sub.queue.put_nowait(event)
+            elif not sub.loop.is_closed():
+                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, event)
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        for event in self.events:
+            queue.put_nowait(event)
+        self.subscribers.append(_Subscriber(asyncio.get_running_loop(), queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        self.subscribers = [s for s in self.subscribers if s.queue is not queue]
+
+
+_runs: dict[str, RunState] = {}
+
+
+class CancelWatcher:
+    """Finds the runs waiting in this process that another process cancelled: one
+    thread, one database query every `CANCEL_POLL_SECONDS` for all of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunState] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, run: RunState) -> None:
+        with self._lock:
+            self._runs[run.run_id] = run
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._poll, name="dbos-llama-cancel-watcher", daemon=True
+                )
+                self._thread.start()
+
+    def unwatch(self, run: RunState) -> None:
+        with self._lock:
+            if self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL_SECONDS)
+            with self._lock:
+                if not self._runs:
+                    self._thread = None  # a later watch() starts a new one
+                    return
+                run_ids = list(self._runs)
+            try:
+                cancelled = DBOS.list_workflows(
+                    workflow_ids=run_ids, status="CANCELLED", load_input=False, load_output=False
+                )
+            except Exception:  # DBOS shut down or the database unreachable: try later
+                continue
+            for status in cancelled:
+                with self._lock:
+                    run = self._runs.get(status.workflow_id)
+                if run is not None:
+                    try:
+                        run.request_cancel()
+                    except RuntimeError:  # its event loop has closed
+                        self.unwatch(run)
+
+
+#: The process's `CancelWatcher`.
+cancel_watcher = CancelWatcher()
+
+
+def run_state(run_id: str) -> RunState:
+    """This process's state of ``run_id``, created on first use."""
+    state = _runs.get(run_id)
+    if state is None:
+        state = _runs[run_id] = RunState(run_id)
+    return state
+
+
+def forget_run(run_id: str) -> None:
+    """Drop a finished run from the process-wide table (adapters keep their own ref)."""
+    _runs.pop(run_id, None)
