@@ -197,7 +197,7 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         if task is not None:
             run.task_clocks[task] = outcome.clock
         # The invocation may have run in another process (recovered elsewhere).
-        run.absorb(workflow, invocation_id, outcome.state)
+        await run.absorb(workflow, invocation_id, outcome.state)
         if outcome.stream and state.invocation_id is not None:
             run.pending_stream[state.invocation_id] = outcome.stream
         return outcome.outputs

@@ -21,7 +21,7 @@ from . import _envelope as envelope
 from . import _naming, _registry
 from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
 from ._json_serializer import JsonDataSerializer
-from ._state import ImportedClassesSerializer, rebuild_payload, recorded_edits
+from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
 from ._upstream import class_accepted_events
 from .errors import (
     EventNotAcceptedError,
@@ -392,7 +392,7 @@ class DurableClient:
         workflow with ``Context[MyState]`` (its class must be importable here).
         """
         info = await self.get_run(run_id)
-        edits = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
+        edits, _unfinished = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
         binding = _registry.lookup(info.workflow)
         state_type: type[BaseModel] = DictState
         if binding is not None and binding.instance is not None:

@@ -11,7 +11,7 @@ from typing import Any
 from workflows.events import Event
 
 from . import _naming
-from ._state import Patch
+from ._patches import Patch
 
 #: The run whose code is executing (the run's DBOS workflow and its step invocations).
 run_id_var: ContextVar[str | None] = ContextVar("dbos_llama_run_id", default=None)

@@ -15,7 +15,8 @@ from workflows.context.state_store import infer_state_type
 from workflows.events import Event, StopEvent
 
 from . import _naming
-from ._state import DurableStateStore, Patch, StateJournal, recorded_edits
+from ._patches import Patch, StateJournal, recorded_edits
+from ._state import DurableStateStore
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
@@ -112,15 +113,17 @@ class RunState:
                 # so no step of it has completed yet.
                 self.state_restored = True
             if not self.state_restored:
-                edits = await outside_workflow(functools.partial(recorded_edits, DBOS, self.run_id))
-                self.store_for(workflow).apply_edits(edits)
+                found = functools.partial(recorded_edits, DBOS, self.run_id)
+                edits, unfinished = await outside_workflow(found)
+                self.store_for(workflow).apply_edits(edits, unfinished)
                 self.state_restored = True
 
-    def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:
+    async def absorb(self, workflow: Workflow, invocation_id: str, patches: list[Patch]) -> None:
         """Take in the state edits of a finished step invocation that the store does
         not hold yet (it ran in another process)."""
         if patches:
-            self.store_for(workflow).restore(patches, _naming.invocation_key(invocation_id))
+            key = _naming.invocation_key(invocation_id)
+            await self.store_for(workflow).absorb(patches, key)
 
     def start_clock(self, started_at: float, first_here: bool) -> None:
         """Start (or, replaying, restore) the run's clock from its recorded start.

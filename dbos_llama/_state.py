@@ -2,28 +2,27 @@
 
 Each committed write (``set``, ``set_state``, ``clear``, an ``edit_state`` block)
 is a JSON Patch with a run-wide sequence number. Inside a step invocation it is
-recorded as a checkpoint of the invocation's DBOS workflow (`_naming.STATE_STEP`)
-*before* any other step can read it, and the invocation's recorded result carries
-its patches again. After a crash the state is rebuilt, in sequence order, from the
-patches of the completed invocations and the checkpoints of the unfinished ones; an
-invocation that re-runs replays its recorded writes instead of making them again.
-No step can read an edit that a crash may take back, so every committed edit is
-applied exactly once (see the README, "State").
+recorded as a checkpoint of the invocation's DBOS workflow (`_naming.STATE_STEP`,
+at a step ID drawn when the write is called) *before* any other step can read it,
+and the invocation's recorded result carries its patches again. After a crash the
+state is rebuilt, in sequence order, from the patches of the completed invocations
+and the checkpoints of the unfinished ones; an invocation that re-runs replays its
+recorded writes instead of making them again, and until it has replayed them it
+reads the state without them (as it read it the first time). No step can read an
+edit that a crash may take back, so every committed edit is applied exactly once
+(see the README, "State").
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import sys
-import types
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from dbos import DBOS
+from dbos import DBOS, StepReservation
 from pydantic import BaseModel
-from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import (
     InMemoryStateStore,
     apply_state_patch,
@@ -34,18 +33,21 @@ from workflows.context.state_store import (
 )
 
 from . import _naming
-
-#: One journaled edit: (run-wide sequence number, JSON Patch).
-Patch = tuple[int, list[dict[str, Any]]]
-#: A journaled edit with the step invocation that made it: (invocation key, seq, patch).
-#: The key is `_naming.invocation_key` of the invocation's ID (the same in a fork).
-SourcedPatch = tuple[str, int, list[dict[str, Any]]]
+from ._patches import (
+    ImportedClassesSerializer,
+    Patch,
+    SourcedPatch,
+    StateJournal,
+    json_patch,
+    rebuild_payload,
+)
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class EditSource(Protocol):
-    """The step invocation whose code makes a write (`_runtime.Invocation`)."""
+    """The step invocation whose code makes a write (`_context.Invocation`)."""
 
     invocation_id: str
     #: Whether its writes are checkpoints (False only for an invocation recorded by
@@ -55,13 +57,39 @@ class EditSource(Protocol):
     state: list[Patch]
 
 
+@dataclass
+class _Snapshot(Generic[M]):
+    """A state as a store and its encoded payload (what patches are computed against)."""
+
+    store: InMemoryStateStore[M]
+    payload: dict[str, Any]
+
+    @classmethod
+    def of(cls, store: InMemoryStateStore[M]) -> _Snapshot[M]:
+        return cls(store, store.checkpoint().to_dict())
+
+    @classmethod
+    def decode(cls, payload: dict[str, Any]) -> _Snapshot[Any]:
+        return cls(InMemoryStateStore.from_dict(payload, ImportedClassesSerializer()), payload)
+
+
+@dataclass
+class _Replay(Generic[M]):
+    """What an invocation re-running after a crash reads until it has replayed its
+    recorded writes: the state without them."""
+
+    view: _Snapshot[M]
+    pending: set[int]
+
+
 class DurableStateStore(Generic[M]):
     """The `StateStore` a durable run's steps see as ``ctx.store``.
 
     Reads are lockless and see committed state only. A write builds the new state
     aside (upstream's own copy-on-write helpers), records it, and only then makes it
     the committed state: a step never reads another step's write before it is
-    durable. Writers serialize on one lock per run.
+    durable. Writers serialize on one lock per run; a writer inside ``edit_state``
+    raises, as upstream's store does.
     """
 
     def __init__(
@@ -70,14 +98,14 @@ class DurableStateStore(Generic[M]):
         journal: StateJournal,
         source: Callable[[], EditSource | None] | None = None,
     ) -> None:
-        self._inner: InMemoryStateStore[M] = InMemoryStateStore(initial_state)
+        # The committed state. Its payload is what the next write is diffed against:
+        # a value changed in place (``lst = await store.get("k"); lst.append(x);
+        # await store.set("k", lst)``) is still seen as changed.
+        self._shared: _Snapshot[M] = _Snapshot.of(InMemoryStateStore(initial_state))
         self._journal = journal
         self._source = source
-        # The committed state as last journaled, encoded: a value changed in place
-        # (``lst = await store.get("k"); lst.append(x); await store.set("k", lst)``)
-        # is still seen as changed, which a diff of live objects would miss.
-        self._last = self.payload()
         self._write_lock = asyncio.Lock()
+        self._writer: asyncio.Task[Any] | None = None
         # Clear while a write is being recorded: reads wait for it, so a read after
         # a write has started committing sees it (as with upstream's store, where a
         # commit never yields), and never before it is durable.
@@ -85,63 +113,133 @@ class DurableStateStore(Generic[M]):
         self._settled.set()
         # The edits this store holds, as (invocation key, seq): none is applied twice.
         self._applied: set[tuple[str, int]] = set()
+        # Re-running invocations with recorded writes still to replay, by key.
+        self._replays: dict[str, _Replay[M]] = {}
 
     @property
     def state_type(self) -> type[M]:
-        return self._inner.state_type
+        return self._shared.store.state_type
 
+    # -- reads ------------------------------------------------------------------------
     async def get_state(self) -> M:
         await self._settled.wait()
-        return await self._inner.get_state()
+        return await self._seen().store.get_state()
 
     async def get(self, path: str, default: Any = Ellipsis) -> Any:
         await self._settled.wait()
-        return await self._inner.get(path, default)
-
-    async def set_state(self, state: M) -> None:
-        async with self._write_lock:
-            await self._commit(merge_state(await self._committed(), state))
-
-    async def set(self, path: str, value: Any) -> None:
-        async with self._write_lock:
-            await self._commit(set_by_path_copy(await self._committed(), path, value))
-
-    async def clear(self) -> None:
-        async with self._write_lock:
-            await self._commit(create_cleared_state(type(await self._committed())))
-
-    @asynccontextmanager
-    async def edit_state(self) -> AsyncGenerator[M, None]:
-        async with self._write_lock:
-            # An isolated copy: readers see the committed state until the commit.
-            state = copy_state_for_edit(await self._committed())
-            yield state
-            await self._commit(state)
+        return await self._seen().store.get(path, default)
 
     def to_dict(self, serializer: Any) -> dict[str, Any]:
-        return self._inner.to_dict(serializer)
+        return self._shared.store.to_dict(serializer)
 
     def payload(self) -> dict[str, Any]:
         """The committed state as a JSON-compatible payload."""
-        return self._inner.checkpoint().to_dict()
+        return self._shared.payload
 
-    async def _committed(self) -> M:
-        return await self._inner.get_state()
+    # -- writes ------------------------------------------------------------------------
+    async def set_state(self, state: M) -> None:
+        step = self._reserve()
+        async with self._writing() as base:
+            await self._commit(merge_state(await base.store.get_state(), state), base, step)
 
-    async def _commit(self, state: M) -> None:
-        """Make ``state`` the committed state, recorded first (under the write lock)."""
-        staged = InMemoryStateStore(state)
-        now = staged.checkpoint().to_dict()
-        patch = json_patch(self._last, now)
+    async def set(self, path: str, value: Any) -> None:
+        step = self._reserve()
+        async with self._writing() as base:
+            new = set_by_path_copy(await base.store.get_state(), path, value)
+            await self._commit(new, base, step)
+
+    async def clear(self) -> None:
+        step = self._reserve()
+        async with self._writing() as base:
+            cleared = create_cleared_state(type(await base.store.get_state()))
+            await self._commit(cleared, base, step)
+
+    @asynccontextmanager
+    async def edit_state(self) -> AsyncGenerator[M, None]:
+        step = self._reserve()
+        async with self._writing() as base:
+            # An isolated copy: readers see the committed state until the commit.
+            state = copy_state_for_edit(await base.store.get_state())
+            yield state
+            await self._commit(state, base, step)
+
+    # -- taking in recorded writes -------------------------------------------------------
+    def apply_edits(self, edits: list[SourcedPatch], unfinished: Collection[str] = ()) -> None:
+        """Apply, in sequence order, the recorded edits this store does not hold yet
+        (to rebuild the state, before any step writes). The invocations ``unfinished``
+        will re-run: each reads the state without its own edits until it replays them."""
+        new = self._new(edits)
+        if not new:
+            return
+        base = self._shared.payload
+        self._apply(new)
+        for key in unfinished:
+            own = {seq for k, seq, _ in new if k == key}
+            if own:
+                others = [(seq, patch) for k, seq, patch in new if k != key]
+                view = _Snapshot.decode(rebuild_payload(base, others))
+                self._replays[key] = _Replay(view, own)
+
+    async def absorb(self, patches: list[Patch], source: str) -> None:
+        """Take in the patches of a step invocation (`_naming.invocation_key`
+        ``source``) that ran in another process, unless this store holds them."""
+        if self._new([(source, seq, patch) for seq, patch in patches]):
+            async with self._write_lock:  # not while another write is being made
+                self._apply(self._new([(source, seq, patch) for seq, patch in patches]))
+
+    def restore(self, patches: list[Patch], source: str = "") -> None:
+        """Apply the patches of one invocation that this store does not hold yet."""
+        self._apply(self._new([(source, seq, patch) for seq, patch in patches]))
+
+    # -- internals ---------------------------------------------------------------------
+    def _key(self) -> tuple[EditSource | None, str | None]:
         source = self._source() if self._source is not None else None
+        return source, None if source is None else _naming.invocation_key(source.invocation_id)
+
+    def _seen(self) -> _Snapshot[M]:
+        """The state the executing code reads: its replay view while it re-runs."""
+        _, key = self._key()
+        replay = self._replays.get(key) if key is not None else None
+        return replay.view if replay is not None else self._shared
+
+    def _reserve(self) -> StepReservation | None:
+        """The step ID of a write about to be made in step code, drawn now (in the
+        order the code calls its writes, before waiting for the lock); None when
+        the write is not a checkpoint: outside a step invocation, inside a DBOS step
+        (a `@durable_step` body, which is recorded as a whole), or in an invocation
+        recorded before writes were checkpoints."""
+        source, _ = self._key()
         if source is None or not source.checkpoint_edits:
-            # Outside a step (nothing to record it with), or a step recorded before
-            # writes were checkpoints: journaled with the step's result only.
-            self._install(staged, now)
+            return None
+        if DBOS.workflow_id is None or DBOS.step_status is not None:
+            return None
+        return DBOS.reserve_step()
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncGenerator[_Snapshot[M], None]:
+        """Hold the write lock; the state this writer starts from."""
+        current = asyncio.current_task()
+        if self._writer is not None and self._writer is current:
+            raise RuntimeError("writer called inside edit_state: mutate the yielded state instead")
+        async with self._write_lock:
+            self._writer = current
+            try:
+                yield self._seen()
+            finally:
+                self._writer = None
+
+    async def _commit(self, state: M, base: _Snapshot[M], step: StepReservation | None) -> None:
+        """Make ``state`` (a change of ``base``) committed, recorded first."""
+        staged = _Snapshot.of(InMemoryStateStore(state))
+        patch = json_patch(base.payload, staged.payload)
+        source, key = self._key()
+        if step is None or source is None or key is None:
+            # Not a checkpoint: journaled with the step's result only.
+            self._land(staged, patch, base)
             if patch:
                 seq = self._journal.record(patch)
-                if source is not None:
-                    self._applied.add((_naming.invocation_key(source.invocation_id), seq))
+                if key is not None:
+                    self._applied.add((key, seq))
             return
         executed = False
 
@@ -151,169 +249,67 @@ class DurableStateStore(Generic[M]):
             return [self._journal.take(), patch]
 
         # Every write inside a step is one checkpoint, even one that changes nothing:
-        # a re-run's writes then meet their records in the same order.
+        # a re-run's writes then meet their records in the same order. The record
+        # and what follows it finish even if the step is cancelled meanwhile.
         self._settled.clear()
         try:
-            seq_text, recorded = await DBOS.run_step_async({"name": _naming.STATE_STEP}, record)
-            seq = int(seq_text)
-            if recorded:
-                source.state.append((seq, recorded))
-            key = (_naming.invocation_key(source.invocation_id), seq)
+            recorded, cancelled = await _finish(
+                step.run_async({"name": _naming.STATE_STEP}, record)
+            )
+            seq, recorded_patch = int(recorded[0]), recorded[1]
+            if recorded_patch:
+                source.state.append((seq, recorded_patch))
             if executed:
-                self._install(staged, now)
-                self._applied.add(key)
+                self._replays.pop(key, None)  # live from here (a re-run's new path)
+                self._land(staged, patch, base)
+                self._applied.add((key, seq))
             else:
                 # A re-run: the recorded write stands (the state holds it already, as
                 # it was rebuilt from the checkpoints); what the code did now is dropped.
-                self.apply_edits([(key[0], seq, recorded)])
+                self._replayed(key, seq, recorded_patch)
         finally:
             self._settled.set()
+        if cancelled:
+            raise asyncio.CancelledError()
 
-    def _install(self, staged: InMemoryStateStore[M], payload: dict[str, Any]) -> None:
-        self._inner = staged
-        self._last = payload
+    def _land(self, staged: _Snapshot[M], patch: list[dict[str, Any]], base: _Snapshot[M]) -> None:
+        """Make a write made on ``base`` the committed state."""
+        if base is self._shared:
+            self._shared = staged
+        elif patch:  # made on a replay view: applied to the committed state
+            self._shared = _Snapshot.decode(apply_state_patch(self._shared.payload, patch))
 
-    def restore(self, patches: list[Patch], source: str = "") -> None:
-        """Apply the journaled patches of one step invocation (``source``, its
-        `_naming.invocation_key`) that this store does not hold yet: to take in the
-        edits of an invocation that ran in another process."""
-        self.apply_edits([(source, seq, patch) for seq, patch in patches])
-
-    def apply_edits(self, edits: list[SourcedPatch]) -> None:
-        """Apply, in sequence order, the edits this store does not hold yet."""
-        new = [e for e in edits if (e[0], int(e[1])) not in self._applied]
-        if not new:
-            return
-        payload = rebuild_payload(self.payload(), [(int(seq), patch) for _, seq, patch in new])
-        self._inner = InMemoryStateStore.from_dict(payload, ImportedClassesSerializer())
-        self._last = self.payload()
-        self._applied.update((key, int(seq)) for key, seq, _ in new)
-        self._journal.advance_past(max(int(seq) for _, seq, _ in new))
-
-
-def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
-    """JSON Patch ops (``add``/``remove``/``replace``) turning JSON value ``old`` into ``new``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        ops: list[dict[str, Any]] = []
-        for key in old:
-            if key not in new:
-                ops.append({"op": "remove", "path": f"{path}/{_pointer(key)}"})
-        for key, value in new.items():
-            where = f"{path}/{_pointer(key)}"
-            if key not in old:
-                ops.append({"op": "add", "path": where, "value": value})
-            elif old[key] != value:
-                ops.extend(json_patch(old[key], value, where))
-        return ops
-    if old == new:
-        return []
-    return [{"op": "replace", "path": path, "value": new}]
-
-
-def _pointer(key: Any) -> str:
-    return str(key).replace("~", "~0").replace("/", "~1")
-
-
-class ImportedClassesSerializer(JsonSerializer):
-    """Upstream's JSON serializer, resolving the classes a stored state names only
-    among modules this process has already imported: stored data never makes it
-    import a module."""
-
-    def resolve_class(self, qualified_name: str) -> type[Any]:
-        parts = qualified_name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            obj: Any = sys.modules.get(".".join(parts[:cut]))
-            if obj is None:
-                continue
-            for part in parts[cut:]:
-                if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
-                    obj = None
-                    break
-                obj = inspect.getattr_static(obj, part, None)
-            if isinstance(obj, type):
-                return obj
-        raise ValueError(
-            f"Stored state names class {qualified_name}, which is not imported in this "
-            "process: import the module that defines it before the run resumes."
-        )
-
-
-def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any]:
-    """``base`` with ``patches`` applied in sequence order."""
-    payload = base
-    for _, patch in sorted(patches, key=lambda item: item[0]):
-        payload = apply_state_patch(payload, patch)
-    return payload
-
-
-class StateJournal:
-    """Numbers the edits of one run and hands each to the step invocation making it."""
-
-    def __init__(self, current_patches: Any) -> None:
-        # A callable returning the running invocation's patch list (or None).
-        self._current_patches = current_patches
-        self._next_seq = 0
-
-    def take(self) -> int:
-        """The next sequence number."""
-        seq = self._next_seq
-        self._next_seq += 1
-        return seq
-
-    def record(self, patch: list[dict[str, Any]]) -> int:
-        """Number ``patch`` and add it to the running invocation's patches; its number."""
-        patches = self._current_patches()
-        seq = self.take()
-        if patches is not None:
-            patches.append((seq, patch))
-        return seq
-
-    def advance_past(self, seq: int) -> None:
-        self._next_seq = max(self._next_seq, seq + 1)
-
-
-def recorded_edits(api: Any, run_id: str) -> list[SourcedPatch]:
-    """Every committed write recorded for ``run_id``, with the invocation that made it.
-
-    ``api`` is `DBOS` or a `DBOSClient`. A completed step invocation's result carries
-    its patches; an unfinished one (running, crashed, cancelled) has them as its
-    `_naming.STATE_STEP` checkpoints. A fork's reused invocations belong to the run it
-    was forked from: they are found through the fork's copied call records.
-    """
-    children = list(api.list_workflows(parent_workflow_id=run_id, load_input=False))
-    found = api.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
-    if found and found[0].forked_from is not None:
-        reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
-        if reused:
-            children += api.list_workflows(workflow_ids=reused, status="SUCCESS", load_input=False)
-    edits: list[SourcedPatch] = []
-    for child in children:
-        key = _naming.invocation_key(child.workflow_id)
-        if child.status == "SUCCESS":
-            patches: Any = getattr(child.output, "state", ())
-        else:
-            patches = checkpointed_patches(api.list_workflow_steps(child.workflow_id))
-        edits.extend((key, int(seq), patch) for seq, patch in patches)
-    return edits
-
-
-def checkpointed_patches(invocation_steps: list[Any]) -> list[Patch]:
-    """The writes an invocation recorded as checkpoints (empty ones left out)."""
-    patches: list[Patch] = []
-    for row in invocation_steps:
-        if row["function_name"] == _naming.STATE_STEP and row["error"] is None:
-            seq, patch = row["output"]
+    def _replayed(self, key: str, seq: int, patch: list[dict[str, Any]]) -> None:
+        replay = self._replays.get(key)
+        if replay is not None and seq in replay.pending:
             if patch:
-                patches.append((int(seq), patch))
-    return patches
+                replay.view = _Snapshot.decode(apply_state_patch(replay.view.payload, patch))
+            replay.pending.discard(seq)
+            if not replay.pending:
+                del self._replays[key]  # reads the committed state from now on
+        self._apply(self._new([(key, seq, patch)]))
+
+    def _new(self, edits: list[SourcedPatch]) -> list[SourcedPatch]:
+        return [(k, int(seq), p) for k, seq, p in edits if (k, int(seq)) not in self._applied]
+
+    def _apply(self, edits: list[SourcedPatch]) -> None:
+        if not edits:
+            return
+        patches = [(seq, patch) for _, seq, patch in edits]
+        self._shared = _Snapshot.decode(rebuild_payload(self._shared.payload, patches))
+        self._applied.update((key, seq) for key, seq, _ in edits)
+        self._journal.advance_past(max(seq for _, seq, _ in edits))
 
 
-def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
-    """Step invocations a fork's copied records call that belong to another run."""
-    own = f"{run_id}/"
-    ids: list[str] = []
-    for row in run_steps:
-        child = row["child_workflow_id"]
-        if child is not None and not child.startswith(own) and child not in ids:
-            ids.append(child)
-    return ids
+async def _finish(work: Awaitable[T]) -> tuple[T, bool]:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile; its
+    result, and whether the caller was cancelled."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True

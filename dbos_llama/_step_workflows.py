@@ -13,7 +13,7 @@ import dataclasses
 from workflows.events import Event
 from workflows.runtime.types.results import StepWorkerOutput
 
-from ._state import Patch
+from ._patches import Patch
 
 
 @dataclasses.dataclass

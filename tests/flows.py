@@ -434,6 +434,28 @@ def _log_lines() -> list[str]:
     return open(path).read().splitlines() if path and os.path.exists(path) else []
 
 
+@durable
+class ReadThenWrite(Workflow):
+    """A step that reads a key, writes it, and uses what it read: after a crash it
+    must read what it read the first time, not its own recorded write."""
+
+    @step
+    async def count(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        step_started()
+        n = await ctx.store.get("n", default=0)
+        await ctx.store.set("n", n + 1)
+        maybe_crash("rw:after-set")
+        if n == 0:  # a branch on the read: a different path would be a different record
+            await effect("rw-first")
+        maybe_crash("rw:after-call")
+        async with ctx.store.edit_state() as state:
+            state["seen"] = n
+        maybe_crash("rw:after-edit")
+        return StopEvent(
+            result={"read": n, "n": await ctx.store.get("n"), "seen": await ctx.store.get("seen")}
+        )
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -447,6 +469,7 @@ FLOWS = {
     "approval": Approval,
     "waiter": Waiter,
     "tally": Tally,
+    "read-then-write": ReadThenWrite,
     "flaky": Flaky,
     "flaky-sibling": FlakyWithSibling,
     "rescued": Rescued,

@@ -94,3 +94,40 @@ class SetAndEdit(Workflow):
         if ctx.collect_events(ev, [KeyedDone] * 2) is None:
             return None
         return StopEvent(result=sorted(await ctx.store.get("log")))
+
+
+class Lane(Event):
+    i: int
+
+
+class LaneDone(Event):
+    i: int
+
+
+@durable(name="tests.GatherWrites")
+class GatherWrites(Workflow):
+    """Two concurrent steps, each writing while a durable call runs beside the write
+    (``asyncio.gather``): the write's step ID must not depend on who holds the lock."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Lane | None:
+        ctx.send_event(Lane(i=0))
+        ctx.send_event(Lane(i=1))
+        return None
+
+    @step(num_workers=2)
+    async def lane(self, ctx: Context, ev: Lane) -> LaneDone:
+        run = current_run_id() or ""
+        for n in range(3):
+            await asyncio.gather(
+                slow_call(run, 100 + 10 * ev.i + n), ctx.store.set(f"lane{ev.i}.{n}", n)
+            )
+            async with ctx.store.edit_state() as state:
+                state["writes"] = state.get("writes", 0) + 1
+        return LaneDone(i=ev.i)
+
+    @step
+    async def collect(self, ctx: Context, ev: LaneDone) -> StopEvent | None:
+        if ctx.collect_events(ev, [LaneDone] * 2) is None:
+            return None
+        return StopEvent(result=await ctx.store.get("writes"))

@@ -27,6 +27,34 @@ def test_state_after_recovery_equals_uninterrupted(
     assert done.result == EXPECTED
 
 
+@pytest.mark.parametrize("crash_at", [None, "rw:after-set", "rw:after-call", "rw:after-edit"])
+def test_a_rerun_step_reads_what_it_read_before_its_writes(
+    tmp_path: Path, db_url: str, crash_at: str | None
+) -> None:
+    """A step killed after its write re-runs reading the state without that write
+    (as the first time), replays the write instead of making it again, and takes the
+    same path: the same result and records as an uninterrupted run."""
+    log = tmp_path / "log"
+    done = kill_then_finish(db_url, "read-then-write", "rw-1", {}, log, crash_at)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DBOSUnexpectedStepError" not in done.stderr
+    assert done.result == {"read": 0, "n": 1, "seen": 0}
+
+
+async def test_a_writer_inside_edit_state_raises() -> None:
+    """As with upstream's store: a nested writer is an error, not a deadlock."""
+    from workflows.context.state_store import DictState
+
+    from dbos_llama._state import DurableStateStore, StateJournal
+
+    store = DurableStateStore(DictState(), StateJournal(lambda: None))
+    with pytest.raises(RuntimeError, match="inside edit_state"):
+        async with store.edit_state():
+            await store.set("x", 1)
+    await store.set("x", 2)  # the lock was released
+    assert await store.get("x") == 2
+
+
 async def test_state_readable_by_run_id(dbos_app: str) -> None:
     assert await Tally(timeout=None).run(run_id="t-live", customer="bo") == {
         "customer": "bo",

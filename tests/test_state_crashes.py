@@ -76,6 +76,9 @@ def _assert_exact(results: dict[str, Any]) -> None:
             assert out["state"]["count"] == 4, (run_id, out["state"])
             assert sorted(out["state"]["done"]) == [0, 1, 2, 3], (run_id, out["state"])
             assert sorted(out["stream"]) == [0, 1, 2, 3], (run_id, out["stream"])
+        elif run_id.startswith("gather-"):
+            # Writes beside durable calls in two concurrent steps: 6 counted.
+            assert out["result"] == 6 and out["state"]["writes"] == 6, (run_id, out)
         else:
             # A `set` and an `edit_state` of one key from two concurrent steps.
             assert out["result"] == ["edit", "set"], run_id
@@ -110,7 +113,7 @@ def test_concurrent_edits_exactly_once_after_sigkill(
     before = read_log(log)
     completed = _completed_calls(db_url)
     results = _finish(db_url, log, RUNS)
-    assert set(results) == {f"shared-{n}" for n in range(RUNS)} | {"set-edit-0"}
+    assert set(results) == {f"shared-{n}" for n in range(RUNS)} | {"set-edit-0", "gather-0"}
     _assert_exact(results)
     after = read_log(log)
     assert completed, "the kill came before any call completed"

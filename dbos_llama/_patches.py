@@ -1,0 +1,151 @@
+"""JSON Patches of `ctx.store` writes: computing and applying them, numbering them, and
+reading them back from a run's records (completed results, unfinished checkpoints)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from typing import Any
+
+from workflows.context.serializers import JsonSerializer
+from workflows.context.state_store import apply_state_patch
+
+from . import _naming
+
+#: One journaled edit: (run-wide sequence number, JSON Patch).
+Patch = tuple[int, list[dict[str, Any]]]
+#: A journaled edit with the step invocation that made it: (invocation key, seq, patch).
+#: The key is `_naming.invocation_key` of the invocation's ID (the same in a fork).
+SourcedPatch = tuple[str, int, list[dict[str, Any]]]
+
+
+def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """JSON Patch ops (``add``/``remove``/``replace``) turning JSON value ``old`` into ``new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        ops: list[dict[str, Any]] = []
+        for key in old:
+            if key not in new:
+                ops.append({"op": "remove", "path": f"{path}/{_pointer(key)}"})
+        for key, value in new.items():
+            where = f"{path}/{_pointer(key)}"
+            if key not in old:
+                ops.append({"op": "add", "path": where, "value": value})
+            elif old[key] != value:
+                ops.extend(json_patch(old[key], value, where))
+        return ops
+    if old == new:
+        return []
+    return [{"op": "replace", "path": path, "value": new}]
+
+
+def _pointer(key: Any) -> str:
+    return str(key).replace("~", "~0").replace("/", "~1")
+
+
+class ImportedClassesSerializer(JsonSerializer):
+    """Upstream's JSON serializer, resolving the classes a stored state names only
+    among modules this process has already imported: stored data never makes it
+    import a module."""
+
+    def resolve_class(self, qualified_name: str) -> type[Any]:
+        parts = qualified_name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            obj: Any = sys.modules.get(".".join(parts[:cut]))
+            if obj is None:
+                continue
+            for part in parts[cut:]:
+                if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
+                    obj = None
+                    break
+                obj = inspect.getattr_static(obj, part, None)
+            if isinstance(obj, type):
+                return obj
+        raise ValueError(
+            f"Stored state names class {qualified_name}, which is not imported in this "
+            "process: import the module that defines it before the run resumes."
+        )
+
+
+def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any]:
+    """``base`` with ``patches`` applied in sequence order."""
+    payload = base
+    for _, patch in sorted(patches, key=lambda item: item[0]):
+        payload = apply_state_patch(payload, patch)
+    return payload
+
+
+class StateJournal:
+    """Numbers the edits of one run and hands each to the step invocation making it."""
+
+    def __init__(self, current_patches: Any) -> None:
+        # A callable returning the running invocation's patch list (or None).
+        self._current_patches = current_patches
+        self._next_seq = 0
+
+    def take(self) -> int:
+        """The next sequence number."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def record(self, patch: list[dict[str, Any]]) -> int:
+        """Number ``patch`` and add it to the running invocation's patches; its number."""
+        patches = self._current_patches()
+        seq = self.take()
+        if patches is not None:
+            patches.append((seq, patch))
+        return seq
+
+    def advance_past(self, seq: int) -> None:
+        self._next_seq = max(self._next_seq, seq + 1)
+
+
+def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]:
+    """Every committed write recorded for ``run_id``, with the invocation that made it,
+    and the invocation keys of the unfinished invocations among them.
+
+    ``api`` is `DBOS` or a `DBOSClient`. A completed step invocation's result carries
+    its patches; an unfinished one (running, crashed, cancelled) has them as its
+    `_naming.STATE_STEP` checkpoints. A fork's reused invocations belong to the run it
+    was forked from: they are found through the fork's copied call records.
+    """
+    children = list(api.list_workflows(parent_workflow_id=run_id, load_input=False))
+    found = api.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
+    if found and found[0].forked_from is not None:
+        reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
+        if reused:
+            children += api.list_workflows(workflow_ids=reused, status="SUCCESS", load_input=False)
+    edits: list[SourcedPatch] = []
+    unfinished: set[str] = set()
+    for child in children:
+        key = _naming.invocation_key(child.workflow_id)
+        if child.status == "SUCCESS":
+            patches: Any = getattr(child.output, "state", ())
+        else:
+            patches = checkpointed_patches(api.list_workflow_steps(child.workflow_id))
+            unfinished.add(key)
+        edits.extend((key, int(seq), patch) for seq, patch in patches)
+    return edits, unfinished
+
+
+def checkpointed_patches(invocation_steps: list[Any]) -> list[Patch]:
+    """The writes an invocation recorded as checkpoints (empty ones left out)."""
+    patches: list[Patch] = []
+    for row in invocation_steps:
+        if row["function_name"] == _naming.STATE_STEP and row["error"] is None:
+            seq, patch = row["output"]
+            if patch:
+                patches.append((int(seq), patch))
+    return patches
+
+
+def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
+    """Step invocations a fork's copied records call that belong to another run."""
+    own = f"{run_id}/"
+    ids: list[str] = []
+    for row in run_steps:
+        child = row["child_workflow_id"]
+        if child is not None and not child.startswith(own) and child not in ids:
+            ids.append(child)
+    return ids
