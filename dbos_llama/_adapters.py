@@ -69,7 +69,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return self._run.run_id
 
     # Not ``async`` either: events are checked and ordered at the call site.
-    def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+    def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:
         if not isinstance(event, InternalDispatchEvent):
             ensure_serializable(event, f"Event {type(event).__name__} written to the stream")
         self._run.publish(event)
@@ -107,7 +107,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
     # Deliberately not ``async``: the synchronous part runs at the call site, in the
     # order the step's code makes its calls, so every send gets a deterministic
     # idempotency key; the returned coroutine does the I/O later.
-    def send_event(self, tick: WorkflowTick) -> Coroutine[Any, Any, None]:  # type: ignore[override]
+    def send_event(self, tick: WorkflowTick) -> Coroutine[Any, Any, None]:
         if isinstance(tick, TickAddEvent):
             ensure_serializable(
                 tick.event, f"Event {type(tick.event).__name__} sent with ctx.send_event"
@@ -231,7 +231,8 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         finally:
             # A run this process only attached to is forgotten once it has ended
             # (a run executing here is forgotten by its own DBOS workflow).
-            if not run.executing and _runs.get(run.run_id) is run and run.outcome.done():
+            outcome = run.outcome
+            if not run.executing and _runs.get(run.run_id) is run and outcome and outcome.done():
                 forget_run(run.run_id)
 
     async def _outcome(self) -> StopEvent:
@@ -242,7 +243,10 @@ class DBOSExternalAdapter(ExternalRunAdapter):
             handle = await DBOS.retrieve_workflow_async(run.run_id)
         try:
             # A run started here is awaited directly; any other is polled.
-            return await handle.get_result(polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC)
+            stop: StopEvent = await handle.get_result(
+                polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
+            )
+            return stop
         except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
             raise WorkflowCancelledByUser() from cancelled
 

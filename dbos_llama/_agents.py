@@ -21,6 +21,7 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
         "Durable LlamaIndex agents need llama-index-core: pip install 'dbos-llama[agents]'"
     ) from missing
 
+from . import _naming
 from ._binding import AUTO_INSTANCE_ATTR
 from ._context import run_id_var
 from ._durable_step import _checkpoint, _in_durable_step_code
@@ -102,7 +103,7 @@ class DurableLLM(FunctionCallingLLM):
     llm: LLM = Field(description="The wrapped LLM.")
 
     def __init__(self, llm: LLM, **kwargs: Any) -> None:
-        shared = {
+        shared: dict[str, Any] = {
             k: getattr(llm, k)
             for k in ("system_prompt", "messages_to_prompt", "completion_to_prompt")
             if k in type(llm).model_fields
@@ -122,7 +123,7 @@ class DurableLLM(FunctionCallingLLM):
         call = getattr(self.llm, method)
         if not _in_durable_step_code():
             return await call(*args, **kwargs)
-        name = f"dbos_llama.llm.{method}"
+        name = _naming.llm_call_name(method)
 
         async def respond() -> Any:
             response = await call(*args, **kwargs)
@@ -135,7 +136,7 @@ class DurableLLM(FunctionCallingLLM):
         call = getattr(self.llm, method)
         if not _in_durable_step_code():
             return await call(*args, **kwargs)
-        name = f"dbos_llama.llm.{method}"
+        name = _naming.llm_call_name(method)
 
         async def consume() -> list[Any]:
             chunks = [chunk async for chunk in await call(*args, **kwargs)]
@@ -177,19 +178,20 @@ class DurableLLM(FunctionCallingLLM):
         return self.llm.stream_complete(prompt, formatted=formatted, **kwargs)
 
     def chat_with_tools(self, tools: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.llm.chat_with_tools(tools, *args, **kwargs)  # type: ignore[attr-defined]
+        return self.llm.chat_with_tools(tools, *args, **kwargs)  # type: ignore[attr-defined]  # FunctionCallingLLM API; self.llm is typed LLM
 
     def stream_chat_with_tools(self, tools: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.llm.stream_chat_with_tools(tools, *args, **kwargs)  # type: ignore[attr-defined]
+        return self.llm.stream_chat_with_tools(tools, *args, **kwargs)  # type: ignore[attr-defined]  # FunctionCallingLLM API; self.llm is typed LLM
 
     def _prepare_chat_with_tools(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.llm._prepare_chat_with_tools(*args, **kwargs)  # type: ignore[attr-defined]
+        prepared: dict[str, Any] = self.llm._prepare_chat_with_tools(*args, **kwargs)  # type: ignore[attr-defined]  # FunctionCallingLLM API; self.llm is typed LLM
+        return prepared
 
     def _validate_chat_with_tools_response(self, *args: Any, **kwargs: Any) -> Any:
-        return self.llm._validate_chat_with_tools_response(*args, **kwargs)  # type: ignore[attr-defined]
+        return self.llm._validate_chat_with_tools_response(*args, **kwargs)  # type: ignore[attr-defined]  # FunctionCallingLLM API; self.llm is typed LLM
 
     def get_tool_calls_from_response(self, *args: Any, **kwargs: Any) -> Any:
-        return self.llm.get_tool_calls_from_response(*args, **kwargs)  # type: ignore[attr-defined]
+        return self.llm.get_tool_calls_from_response(*args, **kwargs)  # type: ignore[attr-defined]  # FunctionCallingLLM API; self.llm is typed LLM
 
 
 async def _replay(chunks: list[Any]) -> AsyncGenerator[Any, None]:
@@ -334,7 +336,7 @@ def extend_durable_class(cls: type, namespace: dict[str, Any]) -> None:
             output = await call_tool(self, ctx, tool, tool_input)
             return _storable_tool_output(tool_name, output)
 
-        return await _checkpoint({"name": f"dbos_llama.tool.{tool_name}"}, call)
+        return await _checkpoint({"name": _naming.tool_call_name(tool_name)}, call)
 
     async def _init_context(self: Any, ctx: Any, ev: Any) -> None:
         await init_context(self, ctx, ev)

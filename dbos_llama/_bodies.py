@@ -200,7 +200,8 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         await run.absorb(workflow, invocation_id, outcome.state)
         if outcome.stream and state.invocation_id is not None:
             run.pending_stream[state.invocation_id] = outcome.stream
-        return outcome.outputs
+        outputs: list[StepWorkerOutput] = outcome.outputs
+        return outputs
 
     return call_step
 

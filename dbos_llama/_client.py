@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, SetWorkflowID, WorkflowSerializationFormat
+from dbos import DBOSClient, SetWorkflowID, WorkflowHandleAsync, WorkflowSerializationFormat
 from dbos import error as dbos_error
 from dbos._serialization import Serializer
 from pydantic import BaseModel
@@ -279,7 +279,7 @@ class DurableClient:
         cancelled.
         """
         await self.get_run(run_id)
-        handle = await self._dbos.retrieve_workflow_async(run_id)
+        handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
         try:
             stop = await handle.get_result(polling_interval_sec=polling_interval_sec)
         except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
@@ -341,7 +341,7 @@ class DurableClient:
             offset = entry.offset + 1
             if isinstance(entry.event, StopEvent):
                 return  # stored by an earlier version of dbos_llama
-        handle = await self._dbos.retrieve_workflow_async(run_id)
+        handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
         if (await handle.get_status()).status != "SUCCESS":
             return
         if not follow:

@@ -90,7 +90,7 @@ class Decisions:
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
 
-        async def choose() -> tuple[int | None, float]:
+        async def choose() -> tuple[int | None, float, bool]:
             # The pull counts as finished once an outside event reached it.
             arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
             try:
@@ -107,7 +107,7 @@ class Decisions:
                 ),
                 None,
             )
-            cancel = first == pull and _holds_cancel(tasks[first])
+            cancel = first is not None and first == pull and _holds_cancel(tasks[first])
             return first, self._run.live_clock(), cancel
 
         # One checkpoint records which task finished first (or that the deadline

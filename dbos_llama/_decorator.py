@@ -91,7 +91,7 @@ def durable(
         ```
     """
     if cls is None:
-        return functools.partial(durable, name=name, version=version, queue=queue)  # type: ignore[return-value]
+        return functools.partial(durable, name=name, version=version, queue=queue)
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise NotAWorkflowError(
             f"@durable applies to subclasses of workflows.Workflow, not to "
@@ -108,7 +108,7 @@ def durable(
     stable_name = name if name is not None else _naming.derive_name(cls)
     durable_cls = _make_durable_subclass(cls)
     Binding(durable_cls, stable_name, version, queue).register()
-    return durable_cls  # type: ignore[return-value]
+    return durable_cls  # type: ignore[return-value]  # a subclass of cls, typed as Workflow
 
 
 def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
@@ -125,9 +125,9 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
         binding.adopt(self)
 
     functools.update_wrapper(__init__, original_init)
-    __init__.__signature__ = inspect.signature(original_init)  # type: ignore[attr-defined]
+    __init__.__signature__ = inspect.signature(original_init)  # type: ignore[attr-defined]  # set for inspect
 
-    def __init_subclass__(sub: type[Workflow], **kwargs: Any) -> None:
+    def __init_subclass__(sub: type[Workflow], /, **kwargs: Any) -> None:
         super(durable_cls, sub).__init_subclass__(**kwargs)
         if _building.get():
             return
@@ -152,7 +152,8 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
         _agents.extend_durable_class(cls, namespace)
     token = _building.set(True)
     try:
-        durable_cls = type(cls)(cls.__name__, (cls,), namespace)
+        metaclass: Any = type(cls)
+        durable_cls: type[Workflow] = metaclass(cls.__name__, (cls,), namespace)
     finally:
         _building.reset(token)
     # Free-function steps added with `add_step` live on the class itself.

@@ -10,11 +10,12 @@ import random as _random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import wrapt
-from dbos import DBOS
+from dbos import DBOS, StepOptions
 
+from . import _naming
 from ._context import invocation_var
 from ._serialization import ensure_serializable
 
@@ -72,13 +73,18 @@ def durable_step(
         ```
     """
     if func is None:
-        return lambda f: durable_step(  # type: ignore[return-value]
-            f,
-            name=name,
-            max_attempts=max_attempts,
-            interval_seconds=interval_seconds,
-            backoff_rate=backoff_rate,
-        )
+
+        def decorate(f: F) -> F:
+            return _declare(f, name, max_attempts, interval_seconds, backoff_rate)
+
+        return decorate
+    return _declare(func, name, max_attempts, interval_seconds, backoff_rate)
+
+
+def _declare(
+    func: F, name: str | None, max_attempts: int, interval_seconds: float, backoff_rate: float
+) -> F:
+    """`durable_step` applied to ``func``."""
     if max_attempts < 1:
         raise ValueError("max_attempts must be at least 1")
     step_name = name or f"{func.__module__}.{func.__qualname__}"
@@ -107,7 +113,7 @@ def durable_step(
 
             return await _checkpoint(options, checked)
 
-        return async_wrapper(func)  # type: ignore[no-any-return]
+        return cast(F, async_wrapper(func))
 
     @wrapt.decorator
     def sync_wrapper(wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any) -> Any:
@@ -121,7 +127,7 @@ def durable_step(
 
         return _run_sync_step(options, checked)
 
-    return sync_wrapper(func)  # type: ignore[no-any-return]
+    return cast(F, sync_wrapper(func))
 
 
 def _replayed(name: str) -> tuple[bool, Any]:
@@ -136,7 +142,7 @@ async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     hit, value = _replayed(options["name"])
     if hit:
         return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
-    return await DBOS.run_step_async(options, fn)  # type: ignore[arg-type]
+    return await DBOS.run_step_async(cast(StepOptions, options), fn)
 
 
 def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
@@ -146,13 +152,14 @@ def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return DBOS.run_step(options, fn)  # type: ignore[arg-type]
+        return DBOS.run_step(cast(StepOptions, options), fn)
     # A sync call from async step code: DBOS's sync API refuses a running loop, so
     # run it in a helper thread with this context (the step's DBOS context) and
     # block, as the plain sync call would have.
     ctx = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(ctx.run, DBOS.run_step, options, fn).result()
+        step_options = cast(StepOptions, options)
+        return pool.submit(ctx.run, lambda: DBOS.run_step(step_options, fn)).result()
 
 
 async def now() -> float:
@@ -162,14 +169,14 @@ async def now() -> float:
     """
     if not _in_durable_step_code():
         return time.time()
-    return await _checkpoint({"name": "dbos_llama.now"}, time.time)
+    return cast(float, await _checkpoint({"name": _naming.NOW_STEP}, time.time))
 
 
 async def random() -> float:
     """A random float in [0, 1), recorded once per call and replayed after a crash."""
     if not _in_durable_step_code():
         return _random.random()
-    return await _checkpoint({"name": "dbos_llama.random"}, _random.random)
+    return cast(float, await _checkpoint({"name": _naming.RANDOM_STEP}, _random.random))
 
 
 async def uuid4() -> str:
@@ -180,7 +187,7 @@ async def uuid4() -> str:
 
     if not _in_durable_step_code():
         return make()
-    return await _checkpoint({"name": "dbos_llama.uuid4"}, make)
+    return cast(str, await _checkpoint({"name": _naming.UUID4_STEP}, make))
 
 
 async def sleep(seconds: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -158,7 +159,7 @@ class _Call:
     output: Any = None
 
 
-def step_calls(run_steps: list[dict[str, Any]]) -> list[_Call]:
+def step_calls(run_steps: Sequence[Mapping[str, Any]]) -> list[_Call]:
     """The step invocations a run called, in call order, from its recorded operations
     (each is a child-workflow call row, then a ``DBOS.getResult`` row)."""
     calls: dict[str, _Call] = {}
@@ -175,7 +176,7 @@ def step_calls(run_steps: list[dict[str, Any]]) -> list[_Call]:
     return list(calls.values())
 
 
-def fork_point(run_steps: list[dict[str, Any]], run_id: str, from_step: str) -> int:
+def fork_point(run_steps: Sequence[Mapping[str, Any]], run_id: str, from_step: str) -> int:
     """The DBOS function ID to fork ``run_id`` at so that ``from_step`` (a step name,
     or ``step/N`` for its invocation number N) and everything after it run again.
 
@@ -210,9 +211,9 @@ def fork_point(run_steps: list[dict[str, Any]], run_id: str, from_step: str) -> 
 
 def timeline(
     run_id: str,
-    run_steps: list[dict[str, Any]],
+    run_steps: Sequence[Mapping[str, Any]],
     statuses: dict[str, Any],
-    inner_steps: dict[str, list[dict[str, Any]]],
+    inner_steps: Mapping[str, Sequence[Mapping[str, Any]]],
 ) -> list[StepInvocationInfo]:
     """A run's step invocations with their status, timing, output and inner calls."""
     rows: list[StepInvocationInfo] = []
@@ -235,7 +236,7 @@ def timeline(
     return rows
 
 
-def _call_info(row: dict[str, Any]) -> CallInfo:
+def _call_info(row: Mapping[str, Any]) -> CallInfo:
     error = row["error"]
     return CallInfo(
         function_id=row["function_id"],

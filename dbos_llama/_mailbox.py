@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from dbos import DBOS
 from workflows.runtime.types.plugin import (
@@ -55,7 +55,7 @@ class Mailbox:
         # comes in the same order in every replay, so the run accepts the same events
         # (a replay receives its messages at once, while its steps still replay).
         decided: asyncio.Future[WaitResult] = asyncio.get_running_loop().create_future()
-        self._arrival = (result.tick, decided)
+        self._arrival = (cast(dict[str, Any], result.tick), decided)
         self.arrived.set()
         return await decided
 

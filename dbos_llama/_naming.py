@@ -20,6 +20,10 @@ WAKE_STEP = "dbos_llama.wake"
 #: Name of the checkpoint recording one committed write to a run's ``ctx.store``
 #: (output: ``[seq, JSON Patch]``), inside the step invocation that made it.
 STATE_STEP = "dbos_llama.state"
+#: Names of the checkpoints of `dbos_llama.now()`, `random()` and `uuid4()`.
+NOW_STEP = "dbos_llama.now"
+RANDOM_STEP = "dbos_llama.random"
+UUID4_STEP = "dbos_llama.uuid4"
 #: Key of the DBOS stream (on the run's workflow) holding the run's published events.
 STREAM_KEY = "dbos_llama.events"
 #: Workflow attribute (JSON, on the run's DBOS status) holding the run's code version.
@@ -81,6 +85,16 @@ def invocation_number(invocation_id: str) -> int | None:
     """The ``n`` of a step invocation ID ``<run_id>/<step>/<n>``."""
     tail = invocation_id.rpartition("/")[2]
     return int(tail) if tail.isdigit() else None
+
+
+def llm_call_name(method: str) -> str:
+    """Checkpoint name of a `DurableLLM` call of ``method`` (e.g. ``achat``)."""
+    return f"dbos_llama.llm.{method}"
+
+
+def tool_call_name(tool: str) -> str:
+    """Checkpoint name of a call of the agent tool named ``tool``."""
+    return f"dbos_llama.tool.{tool}"
 
 
 def send_idempotency_key(invocation_id: str, number: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._naming import NAME_PREFIX
 from ._redact import PasswordRedactor
@@ -27,6 +27,7 @@ class DurableBinding(Protocol):
     instance: Workflow | None
 
     def describe(self) -> str: ...
+    def adopt(self, workflow: Workflow) -> None: ...
     def register_step(self, step: str) -> Callable[..., Any]: ...
     def step_caller(self, step: str) -> Callable[..., Any]: ...
     async def start_run(self, run_id: str, start_event: StartEvent) -> Any: ...
@@ -53,7 +54,7 @@ def binding_of(obj: Any) -> DurableBinding:
             f"{cls.__module__}.{cls.__qualname__} is not a durable workflow class: "
             "decorate it with @durable (or @durable(name=...)) where it is defined."
         )
-    return binding
+    return cast(DurableBinding, binding)
 
 
 def lookup(name: str) -> DurableBinding | None:

@@ -102,6 +102,7 @@ class DurableStateStore(Generic[M]):
         # a value changed in place (``lst = await store.get("k"); lst.append(x);
         # await store.set("k", lst)``) is still seen as changed.
         self._shared: _Snapshot[M] = _Snapshot.of(InMemoryStateStore(initial_state))
+        self.state_type: type[M] = self._shared.store.state_type
         self._journal = journal
         self._source = source
         self._write_lock = asyncio.Lock()
@@ -115,10 +116,6 @@ class DurableStateStore(Generic[M]):
         self._applied: set[tuple[str, int]] = set()
         # Re-running invocations with recorded writes still to replay, by key.
         self._replays: dict[str, _Replay[M]] = {}
-
-    @property
-    def state_type(self) -> type[M]:
-        return self._shared.store.state_type
 
     # -- reads ------------------------------------------------------------------------
     async def get_state(self) -> M:

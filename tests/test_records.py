@@ -1,0 +1,43 @@
+"""Recorded names and record shapes: what runs already in databases are found by.
+
+A change here orphans every run in flight, so each value is pinned (tests/fixtures
+holds databases recorded by 0.1.0, replayed by tests/test_state_crashes.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from dbos_llama import _naming
+from dbos_llama._step_workflows import StepOutcome
+
+
+def test_recorded_names_never_change() -> None:
+    assert _naming.NAME_PREFIX == "llama:"
+    assert _naming.TICK_TOPIC == "dbos_llama.tick"
+    assert _naming.NEXT_STEP == "dbos_llama.next"
+    assert _naming.WAKE_STEP == "dbos_llama.wake"
+    assert _naming.STATE_STEP == "dbos_llama.state"
+    assert _naming.STREAM_KEY == "dbos_llama.events"
+    assert _naming.VERSION_ATTR == "dbos_llama.version"
+    assert _naming.HELD_ATTR == "dbos_llama.held"
+    assert _naming.FORK_STEP_ATTR == "dbos_llama.forked_from_step"
+    assert _naming.FORK_PARKING_QUEUE == "dbos_llama.fork-parking"
+    assert _naming.NOW_STEP == "dbos_llama.now"
+    assert _naming.RANDOM_STEP == "dbos_llama.random"
+    assert _naming.UUID4_STEP == "dbos_llama.uuid4"
+    assert _naming.llm_call_name("achat") == "dbos_llama.llm.achat"
+    assert _naming.tool_call_name("search") == "dbos_llama.tool.search"
+    assert _naming.run_workflow_name("app.Orders") == "llama:app.Orders"
+    assert _naming.step_workflow_name("app.Orders", "draft") == "llama:app.Orders/draft"
+    assert _naming.step_invocation_id("order-42", "draft", 3) == "order-42/draft/3"
+    assert _naming.send_idempotency_key("order-42/draft/3", 1) == "order-42/draft/3/send/1"
+
+
+def test_step_outcome_keeps_its_recorded_path_and_fields() -> None:
+    """Every step invocation's result is a pickled (or named) `StepOutcome`."""
+    assert StepOutcome.__module__ == "dbos_llama._step_workflows"
+    assert StepOutcome.__qualname__ == "StepOutcome"
+    outcome = StepOutcome([], [], [(0, [{"op": "add", "path": "/x", "value": 1}])], 1.5)
+    assert b"dbos_llama._step_workflows" in pickle.dumps(outcome)
+    assert [f for f in StepOutcome.__dataclass_fields__] == ["outputs", "stream", "state", "clock"]
