@@ -41,8 +41,6 @@ async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event,
         run_id, _naming.STREAM_KEY, offset=offset, polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
     ):
         yield event
-        if isinstance(event, StopEvent):
-            return  # stored by an earlier version of dbos_llama
 
 
 def _observe(outcome: asyncio.Future[Any]) -> None:

@@ -339,8 +339,6 @@ class DurableClient:
         async for entry in self._stored_entries(run_id, offset, follow):
             yield entry
             offset = entry.offset + 1
-            if isinstance(entry.event, StopEvent):
-                return  # stored by an earlier version of dbos_llama
         handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
         if (await handle.get_status()).status != "SUCCESS":
             return

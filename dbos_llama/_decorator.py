@@ -15,7 +15,8 @@ from . import _naming
 from ._binding import Binding
 from ._registry import BINDING_ATTR, binding_of
 from ._runtime import dbos_runtime
-from .errors import NotAWorkflowError
+from ._upstream import copy_step_functions
+from .errors import NotAWorkflowError, UnstableNameError
 
 W = TypeVar("W", bound=type[Workflow])
 
@@ -133,7 +134,7 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
             return
         try:
             derived = _naming.derive_name(sub)
-        except Exception:
+        except UnstableNameError:
             # A local subclass: it gets a binding only through @durable(name=...).
             return
         # A subclass submits its runs where its durable base does.
@@ -157,5 +158,5 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
     finally:
         _building.reset(token)
     # Free-function steps added with `add_step` live on the class itself.
-    durable_cls._step_functions = dict(cls._step_functions)
+    copy_step_functions(cls, durable_cls)
     return durable_cls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
 import time
 import weakref
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
 from ._context import current_invocation_patches, invocation_var, outside_workflow
+
+logger = logging.getLogger("dbos_llama")
 
 #: How often a waiting run checks whether another process cancelled it.
 CANCEL_POLL_SECONDS = 2.0
@@ -252,6 +255,8 @@ class CancelWatcher:
         self._lock = threading.Lock()
         self._runs: dict[str, RunState] = {}
         self._thread: threading.Thread | None = None
+        # True while the database cannot be read (warned about once).
+        self._failing = False
 
     def watch(self, run: RunState) -> None:
         with self._lock:
@@ -279,8 +284,17 @@ class CancelWatcher:
                 cancelled = DBOS.list_workflows(
                     workflow_ids=run_ids, status="CANCELLED", load_input=False, load_output=False
                 )
-            except Exception:  # DBOS shut down or the database unreachable: try later
+            except Exception as error:  # DBOS shut down or the database unreachable
+                if not self._failing:
+                    logger.warning(
+                        "Cannot read cancellations from the database (%s: %s); cancels "
+                        "from other processes are noticed once it is reachable again.",
+                        type(error).__name__,
+                        error,
+                    )
+                self._failing = True
                 continue
+            self._failing = False
             for status in cancelled:
                 with self._lock:
                     run = self._runs.get(status.workflow_id)

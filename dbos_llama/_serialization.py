@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from ._upstream import dbos_serializer
 from .errors import NotSerializableError, StepFailedError
 
 
@@ -26,9 +27,7 @@ def _fields(value: Any) -> Iterator[tuple[str, Any]]:
 def _active_serializer() -> Any:
     """The serializer of this process's DBOS instance if it is not DBOS's pickle
     default (e.g. `JsonDataSerializer`), else None."""
-    from dbos import _dbos
-
-    serializer = getattr(_dbos._dbos_global_instance, "_serializer", None)
+    serializer = dbos_serializer()
     name = getattr(serializer, "name", None)
     return serializer if name is not None and name() != "py_pickle" else None
 

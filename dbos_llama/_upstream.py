@@ -1,6 +1,7 @@
-"""The few private names of llama-index-workflows that dbos_llama relies on, in one place.
+"""The few private names of llama-index-workflows and DBOS that dbos_llama relies on.
 
-`tests/test_upstream_seams.py` fails loudly when an upstream release changes them.
+Each is used here only, where no public route exists; `tests/test_upstream_seams.py`
+fails loudly when an upstream release changes one.
 """
 
 from __future__ import annotations
@@ -60,3 +61,17 @@ TICK_TYPES: tuple[type[Any], ...] = typing.get_args(typing.get_args(WorkflowTick
 def awaited_event_types(outputs: list[Any]) -> list[type[Any]]:
     """Event types a step's outputs say it now waits for (``ctx.wait_for_event``)."""
     return [o.event_type for o in outputs if isinstance(o, AddWaiter)]
+
+
+def copy_step_functions(source: type[Workflow], target: type[Workflow]) -> None:
+    """Give ``target`` the free-function steps added to ``source`` with ``add_step``
+    (upstream keeps them in the class attribute ``_step_functions``)."""
+    target._step_functions = dict(source._step_functions)
+
+
+def dbos_serializer() -> Any:
+    """The serializer of this process's DBOS instance, if one is configured (DBOS has
+    no public accessor: it is ``_dbos_global_instance._serializer``)."""
+    from dbos import _dbos
+
+    return getattr(_dbos._dbos_global_instance, "_serializer", None)
