@@ -7,7 +7,7 @@ import functools
 from collections.abc import AsyncGenerator, Coroutine
 from typing import Any
 
-from dbos import DBOS, WorkflowSerializationFormat
+from dbos import DBOS
 from dbos import error as dbos_error
 from workflows.context.state_store import StateStore
 from workflows.errors import WorkflowCancelledByUser
@@ -118,9 +118,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return await self._mailbox.receive(timeout_seconds)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
-        if namespace:
-            return None
-        return self._run.state_store
+        return self._run.state_store_at(namespace)
 
     async def wait_for_next_task(
         self,
@@ -149,13 +147,6 @@ async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | Non
     )
 
 
-async def send_envelope(run_id: str, message: dict[str, Any]) -> None:
-    """Write an outside event's JSON envelope to the run's mailbox (portable JSON)."""
-    await DBOS.send_async(
-        run_id, message, _naming.TICK_TOPIC, serialization_type=WorkflowSerializationFormat.PORTABLE
-    )
-
-
 class DBOSExternalAdapter(ExternalRunAdapter):
     """The caller's side of a durable run: send events, stream, await the result."""
 
@@ -170,7 +161,7 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         if isinstance(tick, TickAddEvent):
             # From outside the run: carried as JSON, never as a pickle.
             step = str(tick.step_id) if tick.step_id is not None else None
-            await send_envelope(self._run.run_id, envelope.encode(tick.event, step))
+            await envelope.send(DBOS, self._run.run_id, envelope.encode(tick.event, step))
             return
         await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
 
@@ -249,6 +240,4 @@ class DBOSExternalAdapter(ExternalRunAdapter):
             raise WorkflowCancelledByUser() from cancelled
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
-        if namespace:
-            return None
-        return self._run.state_store
+        return self._run.state_store_at(namespace)

@@ -24,9 +24,9 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
 from . import _naming
 from ._binding import AUTO_INSTANCE_ATTR
 from ._context import run_id_var
-from ._durable_step import _checkpoint, _in_durable_step_code
+from ._durable_step import _checkpoint, _in_durable_step_code, checkpoint_checked
 from ._run_state import run_state
-from ._serialization import ensure_serializable, storable_exception
+from ._serialization import ensure_serializable, with_storable_exception
 
 logger = logging.getLogger("dbos_llama")
 
@@ -81,9 +81,7 @@ def _checkpoints(tool: Any) -> bool:
 def _storable_tool_output(tool_name: str, output: Any) -> Any:
     """The tool's output made safe to record, or `NotSerializableError` naming the tool."""
     if isinstance(output, ToolOutput) and output.exception is not None:
-        exc = storable_exception(output.exception)
-        if exc is not output.exception:
-            output = output.model_copy(update={"exception": exc})
+        output = with_storable_exception(output, "exception")
     ensure_serializable(output, f"The result of tool {tool_name!r}")
     return output
 
@@ -124,13 +122,8 @@ class DurableLLM(FunctionCallingLLM):
         if not _in_durable_step_code():
             return await call(*args, **kwargs)
         name = _naming.llm_call_name(method)
-
-        async def respond() -> Any:
-            response = await call(*args, **kwargs)
-            ensure_serializable(response, f"The response of LLM call {name!r}")
-            return response
-
-        return await _checkpoint({"name": name}, respond)
+        what = f"The response of LLM call {name!r}"
+        return await checkpoint_checked({"name": name}, lambda: call(*args, **kwargs), what)
 
     async def _recorded_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         call = getattr(self.llm, method)
@@ -139,11 +132,10 @@ class DurableLLM(FunctionCallingLLM):
         name = _naming.llm_call_name(method)
 
         async def consume() -> list[Any]:
-            chunks = [chunk async for chunk in await call(*args, **kwargs)]
-            ensure_serializable(chunks, f"The streamed response of LLM call {name!r}")
-            return chunks
+            return [chunk async for chunk in await call(*args, **kwargs)]
 
-        return _replay(await _checkpoint({"name": name}, consume))
+        what = f"The streamed response of LLM call {name!r}"
+        return _replay(await checkpoint_checked({"name": name}, consume, what))
 
     async def achat(self, messages: Any, **kwargs: Any) -> Any:
         return await self._recorded("achat", messages, **kwargs)

@@ -22,11 +22,12 @@ from workflows.runtime.types.results import (
 )
 
 from . import _naming, _registry
+from ._adapters import cancel_run_by_id
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._registry import DurableBinding
 from ._run_state import RunState, forget_run, run_state
 from ._runtime import dbos_runtime
-from ._serialization import ensure_serializable, storable_exception
+from ._serialization import ensure_serializable, storable_exception, with_storable_exception
 from ._step_workflows import StepOutcome
 from .errors import (
     NotSerializableError,
@@ -71,9 +72,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             # ID (DBOS status): the run and its unfinished steps end CANCELLED.
             _registry.cancelled_runs.add(run_id)
             logger.info("Run %r of %r was cancelled.", run_id, binding.name)
-            await outside_workflow(
-                functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True)
-            )
+            await cancel_run_by_id(run_id)
             raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was cancelled") from error
         else:
             # No close of the stream: it ends with the StopEvent, and DBOS ends
@@ -266,9 +265,7 @@ def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[S
     safe: list[StepWorkerOutput] = []
     for output in outputs:
         if isinstance(output, StepWorkerFailed):
-            exc = storable_exception(output.exception)
-            if exc is not output.exception:
-                output = output.model_copy(update={"exception": exc})
+            output = with_storable_exception(output, "exception")
         safe.append(output)
     try:
         ensure_serializable(safe, f"The output of step {step_name!r}")

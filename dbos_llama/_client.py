@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, SetWorkflowID, WorkflowHandleAsync, WorkflowSerializationFormat
+from dbos import DBOSClient, SetWorkflowID, WorkflowHandleAsync
 from dbos import error as dbos_error
 from dbos._serialization import Serializer
 from pydantic import BaseModel
@@ -312,12 +312,7 @@ class DurableClient:
                 )
         # As JSON (portable serialization), never a pickle: the run validates it
         # against the event types its workflow declares.
-        await self._dbos.send_async(
-            run_id,
-            envelope.encode(event, step),
-            _naming.TICK_TOPIC,
-            serialization_type=WorkflowSerializationFormat.PORTABLE,
-        )
+        await envelope.send(self._dbos, run_id, envelope.encode(event, step))
 
     async def read_stream(
         self, run_id: str, offset: int = 0, follow: bool = True

@@ -9,7 +9,7 @@ import inspect
 import random as _random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast, overload
 
 import wrapt
@@ -105,13 +105,7 @@ def _declare(
         ) -> Any:
             if not _in_durable_step_code():
                 return await wrapped(*args, **kwargs)
-
-            async def checked() -> Any:
-                result = await wrapped(*args, **kwargs)
-                ensure_serializable(result, what)
-                return result
-
-            return await _checkpoint(options, checked)
+            return await checkpoint_checked(options, lambda: wrapped(*args, **kwargs), what)
 
         return cast(F, async_wrapper(func))
 
@@ -134,6 +128,20 @@ def _replayed(name: str) -> tuple[bool, Any]:
     invocation = invocation_var.get()
     assert invocation is not None
     return invocation.recorded_result(name)
+
+
+async def checkpoint_checked(
+    options: dict[str, Any], produce: Callable[[], Awaitable[Any]], what: str
+) -> Any:
+    """Await ``produce()`` as a checkpoint of the running step invocation, after
+    checking its result can be stored (`NotSerializableError` naming ``what``)."""
+
+    async def checked() -> Any:
+        result = await produce()
+        ensure_serializable(result, what)
+        return result
+
+    return await _checkpoint(options, checked)
 
 
 async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:

@@ -19,15 +19,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
-import inspect
 import json
 import sys
-import types
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from dbos._serialization import Serializer
+from dbos import Serializer
 from pydantic import BaseModel
+
+from ._lookup import imported_class
 
 #: The key that marks a tagged (non-plain) JSON value.
 TAG = "__dbos_llama__"
@@ -40,22 +40,15 @@ def _class_name(cls: type) -> str:
 def _class(name: str) -> type:
     """The class ``module:QualName`` from an already imported module, never importing."""
     module_name, _, qualname = name.partition(":")
-    obj: Any = sys.modules.get(module_name)
-    if obj is None:
+    if module_name not in sys.modules:
         raise TypeError(
             f"Cannot read a {qualname} value: module {module_name!r} is not imported in "
             "this process (JSON serialization never imports a module named by stored data)."
         )
-    for part in qualname.split("."):
-        # Static lookup through modules and classes only: no module __getattr__ (which
-        # may import), no property or descriptor code runs.
-        if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
-            obj = None
-            break
-        obj = inspect.getattr_static(obj, part, None)
-    if not isinstance(obj, type):
+    found = imported_class(module_name, qualname)
+    if found is None:
         raise TypeError(f"Cannot read a value of {name!r}: it is not a class here.")
-    return obj
+    return found
 
 
 def encode(value: Any) -> Any:

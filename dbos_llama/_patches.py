@@ -3,15 +3,13 @@ reading them back from a run's records (completed results, unfinished checkpoint
 
 from __future__ import annotations
 
-import inspect
-import sys
-import types
 from typing import Any
 
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import apply_state_patch
 
 from . import _naming
+from ._lookup import imported_class
 
 #: One journaled edit: (run-wide sequence number, JSON Patch).
 Patch = tuple[int, list[dict[str, Any]]]
@@ -51,16 +49,9 @@ class ImportedClassesSerializer(JsonSerializer):
     def resolve_class(self, qualified_name: str) -> type[Any]:
         parts = qualified_name.split(".")
         for cut in range(len(parts) - 1, 0, -1):
-            obj: Any = sys.modules.get(".".join(parts[:cut]))
-            if obj is None:
-                continue
-            for part in parts[cut:]:
-                if not isinstance(obj, (type, types.ModuleType)) or part.startswith("__"):
-                    obj = None
-                    break
-                obj = inspect.getattr_static(obj, part, None)
-            if isinstance(obj, type):
-                return obj
+            found = imported_class(".".join(parts[:cut]), ".".join(parts[cut:]))
+            if found is not None:
+                return found
         raise ValueError(
             f"Stored state names class {qualified_name}, which is not imported in this "
             "process: import the module that defines it before the run resumes."

@@ -104,6 +104,11 @@ class RunState:
             )
         return self.state_store
 
+    def state_store_at(self, namespace: tuple[str, ...]) -> DurableStateStore[Any] | None:
+        """The run's ``ctx.store`` for upstream's ``get_state_store(namespace)``: the
+        top-level store only (no namespaced stores)."""
+        return None if namespace else self.state_store
+
     async def restore_state(self, workflow: Workflow) -> None:
         """Once per process: rebuild the state from the run's recorded writes."""
         if self.state_restored:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import pickle
 import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from ._upstream import dbos_serializer
 from .errors import NotSerializableError, StepFailedError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _fields(value: Any) -> Iterator[tuple[str, Any]]:
@@ -85,3 +89,11 @@ def storable_exception(exc: BaseException) -> BaseException:
         return exc
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return StepFailedError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), text)
+
+
+def with_storable_exception(model: M, field: str) -> M:
+    """``model`` (a pydantic model) with the exception in ``field`` made storable
+    (`storable_exception`): a copy if it had to change, else ``model`` itself."""
+    exc = getattr(model, field)
+    storable = storable_exception(exc)
+    return model if storable is exc else model.model_copy(update={field: storable})

@@ -144,6 +144,10 @@ class Slow(Event):
     pass
 
 
+#: Steps of `Race` whose code has started (what `fast` waits for).
+race_started: set[str] = set()
+
+
 @durable
 class Race(Workflow):
     """The StopEvent arrives while a sibling step is still running."""
@@ -155,12 +159,14 @@ class Race(Workflow):
 
     @step
     async def slow(self, ev: Slow) -> StopEvent:
+        race_started.add("slow")
         await asyncio.sleep(30)
         return StopEvent(result="slow")
 
     @step
     async def fast(self, ev: Half) -> StopEvent:
-        await asyncio.sleep(1.0)  # long enough for `slow` to have started
+        while "slow" not in race_started:  # the sibling is running when this ends
+            await asyncio.sleep(0.01)
         return StopEvent(result="fast")
 
 
@@ -261,6 +267,7 @@ async def test_fan_out_collect_and_stream(dbos_app: str) -> None:
 
 
 async def test_abandoned_sibling_is_cancelled_not_left_pending(dbos_app: str) -> None:
+    race_started.clear()
     assert await Race(timeout=None).run(run_id="race-1") == "fast"
     runs = await statuses("race-1")
     assert runs["race-1"] == "SUCCESS"
