@@ -15,13 +15,14 @@ Example:
     ```
 """
 
-from ._client import DurableClient, RunInfo
+from ._client import DurableClient
 from ._context import current_run_id
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
 from ._event_json import event_from_json
 from ._json_serializer import JsonDataSerializer
 from ._registry import install_log_filters as _install_log_filters
+from ._run_info import RunInfo
 from ._runtime import DBOSRuntime, dbos_runtime
 from .errors import (
     DuplicateNameError,

@@ -176,7 +176,7 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         run = self._run
         if run.start_task is not None:
             await asyncio.shield(run.start_task)
-        if run.fresh:
+        if run.started_here:
             source = self._local_events()
         else:
             # The run executes (or executed) elsewhere or before this process

@@ -173,7 +173,7 @@ class Binding:
     # -- starting a run -------------------------------------------------------------
     async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
         """Start, enqueue or find the run's DBOS workflow; its DBOS handle. A run this
-        call starts in this process is marked ``fresh`` in its `RunState`."""
+        call starts in this process is marked `RunState.started_here`."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -194,7 +194,7 @@ class Binding:
                     self.queue, self.run_function, start_event, self.version, time.time()
                 )
             return handle
-        run_state(run_id).fresh = True  # set before its body can start
+        run_state(run_id).mark_starting()  # before its body can start
         with SetWorkflowID(run_id), attributes:
             return await DBOS.start_workflow_async(
                 self.run_function, start_event, self.version, time.time()

@@ -21,9 +21,10 @@ from workflows.runtime.types.results import (
     StepWorkerState,
 )
 
-from . import _naming, _registry
+from . import _registry
 from ._adapters import cancel_run_by_id
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
+from ._records import CANCELLED, step_rows
 from ._registry import DurableBinding
 from ._run_state import RunState, forget_run, run_state
 from ._runtime import dbos_runtime
@@ -47,16 +48,14 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         run_id = DBOS.workflow_id
         assert run_id is not None
         run = run_state(run_id)
-        first_here = not run.body_present
-        run.body_present = True  # its state stays in this process's table
-        if not run.fresh:
+        live = run.begin_body()  # its state stays in this process's table
+        if not run.started_here:
             # Recovered, resumed or forked (not started just now by this
             # process): a fork onto other code carries its version.
             version = await binding.recorded_version(run_id, version)
         await binding.hold_if_other_version(run_id, version)
         workflow = await binding.instance_for(run_id)
-        run.executing = True
-        run.start_clock(started_at, first_here)
+        run.start_clock(started_at, live)
         await run.load_wakes()
         await run.restore_state(workflow)
         token = run_id_var.set(run_id)
@@ -80,7 +79,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             return result
         finally:
             run_id_var.reset(token)
-            run.executing = False
+            run.end_body()
             leftovers = sorted(run.inflight)
             forget_run(run_id)
             if leftovers:
@@ -134,7 +133,7 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
             invocation_var.reset(inv_token)
             run_id_var.reset(run_token)
             run.local_steps -= 1
-            if run.local_steps == 0 and not run.body_present and run.start_task is None:
+            if run.local_steps == 0 and not run.body_here and run.start_task is None:
                 # A step recovered here while its run executes elsewhere.
                 forget_run(run_id)
         return StepOutcome(
@@ -221,15 +220,7 @@ def _rerun_of(
 async def _recorded_calls(invocation_id: str) -> list[tuple[str, Any]]:
     """The durable calls an earlier invocation completed, in order: (name, output)."""
     steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, invocation_id))
-    return [
-        (s["function_name"], s["output"])
-        for s in steps
-        if s["error"] is None
-        and s["child_workflow_id"] is None
-        and not s["function_name"].startswith("DBOS.")
-        # State writes are made again, as upstream re-runs the step's code.
-        and s["function_name"] != _naming.STATE_STEP
-    ]
+    return [(row.name, row.output) for row in step_rows(steps) if row.is_replayable_call()]
 
 
 def _failures_on_run_clock(
@@ -301,7 +292,7 @@ async def _was_cancelled(run_id: str, error: BaseException) -> bool:
     if isinstance(error, dbos_error.DBOSWorkflowConflictIDError):
         # Cancelling by run ID takes the run away from this execution.
         status = await outside_workflow(functools.partial(DBOS.get_workflow_status, run_id))
-        return status is not None and status.status == "CANCELLED"
+        return status is not None and status.status == CANCELLED
     return False
 
 

@@ -17,10 +17,11 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._client import DurableClient, RunInfo
+from ._client import DurableClient
 from ._event_json import event_from_json
 from ._history import StepInvocationInfo
 from ._redact import redact
+from ._run_info import RunInfo
 from .errors import DurableError
 
 #: Environment variables read for the system database URL, in order.

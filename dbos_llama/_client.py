@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, SetWorkflowID, WorkflowHandleAsync
+from dbos import DBOSClient, Serializer, SetWorkflowID, WorkflowHandleAsync
 from dbos import error as dbos_error
-from dbos._serialization import Serializer
 from pydantic import BaseModel
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
@@ -19,9 +17,12 @@ from workflows.events import Event, HumanResponseEvent, StopEvent
 
 from . import _envelope as envelope
 from . import _naming, _registry
-from ._history import StepInvocationInfo, fork_point, jsonable, timeline, when
+from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
 from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
+from ._records import PENDING, SUCCESS, step_rows
+from ._run_info import RunInfo, StreamEntry, run_info
+from ._serialization import UNREADABLE_VALUE_ERRORS
 from ._upstream import class_accepted_events
 from .errors import (
     EventNotAcceptedError,
@@ -32,88 +33,6 @@ from .errors import (
 
 #: How often a reader of a live stream polls (SQLite; PostgreSQL is notified).
 STREAM_POLLING_INTERVAL_SEC = 0.1
-
-#: DBOS statuses of a run that has ended.
-TERMINAL_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"})
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One durable run as the system database records it."""
-
-    run_id: str
-    #: The durable workflow's name (``module.QualName`` or ``@durable(name=...)``).
-    workflow: str
-    #: DBOS status: PENDING, ENQUEUED, SUCCESS, ERROR, CANCELLED, ...
-    status: str
-    created_at: datetime | None
-    updated_at: datetime | None
-    error: str | None = None
-    #: The code version the run is recorded under (None for runs older than 0.1).
-    version: str | None = None
-    #: Set while the run is held: a worker running this other code version refused
-    #: to replay it, so it waits for a worker of its own version (or a fork).
-    held_by_version: str | None = None
-    #: The run this one was forked from, and the step it re-executed from.
-    forked_from: str | None = None
-    forked_from_step: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def waiting_for_version(self) -> str | None:
-        """The code version this PENDING run waits for, if a worker of another
-        version held it."""
-        if self.held_by_version is None or self.finished:
-            return None
-        return self.version
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible fields (times as ISO 8601)."""
-        data = asdict(self)
-        data["created_at"] = None if self.created_at is None else self.created_at.isoformat()
-        data["updated_at"] = None if self.updated_at is None else self.updated_at.isoformat()
-        data["waiting_for_version"] = self.waiting_for_version
-        return data
-
-
-def _info(status: Any) -> RunInfo | None:
-    """A `RunInfo` for a DBOS workflow status, or None if it is not a durable run."""
-    name = status.name or ""
-    if not name.startswith(_naming.NAME_PREFIX) or "/" in name[len(_naming.NAME_PREFIX) :]:
-        return None
-    attributes = status.attributes if isinstance(status.attributes, dict) else {}
-    held = attributes.get(_naming.HELD_ATTR)
-    return RunInfo(
-        run_id=status.workflow_id,
-        workflow=name[len(_naming.NAME_PREFIX) :],
-        status=status.status,
-        created_at=when(status.created_at),
-        updated_at=when(status.updated_at),
-        error=None if status.error is None else f"{type(status.error).__name__}: {status.error}",
-        version=attributes.get(_naming.VERSION_ATTR),
-        held_by_version=held.get("worker_version") if isinstance(held, dict) else None,
-        forked_from=status.forked_from,
-        forked_from_step=attributes.get(_naming.FORK_STEP_ATTR),
-    )
-
-
-@dataclass(frozen=True)
-class StreamEntry:
-    """One value of a run's stream: the event, or why it cannot be read here."""
-
-    offset: int
-    event: Any
-    #: Set when the value cannot be deserialized in this process (its class is
-    #: not importable here); ``event`` is None then.
-    unreadable: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.unreadable is not None:
-            return {"offset": self.offset, "unreadable": self.unreadable}
-        return {"offset": self.offset, **jsonable(self.event)}
 
 
 class DurableClient:
@@ -152,7 +71,7 @@ class DurableClient:
         found = await self._dbos.list_workflows_async(
             workflow_ids=[run_id], load_output=False, load_input=False
         )
-        info = _info(found[0]) if found else None
+        info = run_info(found[0]) if found else None
         if info is None:
             raise RunNotFoundError(
                 f"No durable run with ID {run_id!r} in this system database. Check the "
@@ -173,7 +92,7 @@ class DurableClient:
 
         Example:
             ```python
-            held = [r for r in await client.list_runs(status="PENDING") if r.waiting_for_version]
+            held = [r for r in await client.list_runs(status=PENDING) if r.waiting_for_version]
             ```
         """
         names = _naming.run_workflow_name(workflow) if workflow is not None else None
@@ -187,7 +106,7 @@ class DurableClient:
             load_output=False,
             load_input=False,
         )
-        runs = [info for info in map(_info, found) if info is not None]
+        runs = [info for info in map(run_info, found) if info is not None]
         return runs[:limit] if limit is not None else runs
 
     async def steps(self, run_id: str) -> list[StepInvocationInfo]:
@@ -204,7 +123,7 @@ class DurableClient:
         """
         await self.get_run(run_id)
         run_steps = await self._dbos.list_workflow_steps_async(run_id)
-        ids = sorted({r["child_workflow_id"] for r in run_steps if r["child_workflow_id"]})
+        ids = sorted({r.child_id for r in step_rows(run_steps) if r.child_id is not None})
         statuses = {
             s.workflow_id: s
             for s in await self._dbos.list_workflows_async(
@@ -335,7 +254,7 @@ class DurableClient:
             yield entry
             offset = entry.offset + 1
         handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
-        if (await handle.get_status()).status != "SUCCESS":
+        if (await handle.get_status()).status != SUCCESS:
             return
         if not follow:
             # The run may have stored more events between that read and its end.
@@ -344,7 +263,7 @@ class DurableClient:
                 offset = entry.offset + 1
         try:
             stop = await handle.get_result()
-        except Exception as error:  # the result's class is not importable here
+        except UNREADABLE_VALUE_ERRORS as error:  # e.g. its class is not importable here
             yield StreamEntry(offset, None, f"not readable here ({type(error).__name__}: {error})")
             return
         yield StreamEntry(offset, stop)
@@ -370,7 +289,7 @@ class DurableClient:
                 return  # not following: everything stored so far was read
             except dbos_error.DBOSException:
                 raise
-            except Exception as error:  # the value's class is not importable here
+            except UNREADABLE_VALUE_ERRORS as error:  # e.g. its class is not importable here
                 why = f"not readable here ({type(error).__name__}: {error})"
                 yield StreamEntry(offset, None, why)
                 offset += 1
@@ -434,7 +353,7 @@ class DurableClient:
             ```
         """
         pending = await self._dbos.list_workflows_async(
-            status="PENDING", executor_id=executor_id, load_input=False, load_output=False
+            status=PENDING, executor_id=executor_id, load_input=False, load_output=False
         )
         ours = [s for s in pending if (s.name or "").startswith(_naming.NAME_PREFIX)]
         by_queue: dict[str | None, list[str]] = {}
@@ -442,4 +361,4 @@ class DurableClient:
             by_queue.setdefault(status.queue_name, []).append(status.workflow_id)
         for queue_name, workflow_ids in by_queue.items():
             await self._dbos.resume_workflows_async(workflow_ids, queue_name=queue_name)
-        return sorted(s.workflow_id for s in ours if _info(s) is not None)
+        return sorted(s.workflow_id for s in ours if run_info(s) is not None)

@@ -53,11 +53,6 @@ class Invocation:
         return False, None
 
 
-def current_invocation_patches() -> list[Patch] | None:
-    invocation = invocation_var.get()
-    return None if invocation is None else invocation.state
-
-
 def current_run_id() -> str | None:
     """The ID of the durable run whose code is executing, or None outside one."""
     return run_id_var.get()

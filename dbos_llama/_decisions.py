@@ -17,6 +17,7 @@ from workflows.runtime.types.ticks import TickCancelRun, TickStepResult
 from . import _naming
 from ._context import outside_workflow
 from ._mailbox import Mailbox
+from ._records import UNFINISHED, Choice, Wake
 from ._run_state import RunState
 
 
@@ -38,11 +39,6 @@ def _stops(task: asyncio.Task[Any]) -> bool:
 def _holds_cancel(task: asyncio.Task[Any]) -> bool:
     """Whether a mailbox pull ended with the run's cancellation (never recorded)."""
     return isinstance(result_of(task), TickCancelRun)
-
-
-#: DBOS statuses of a step invocation that has not finished (one cancelled while the
-#: run executes here still runs until the run notices).
-_UNFINISHED = frozenset({"PENDING", "ENQUEUED", "DELAYED", "CANCELLED"})
 
 
 def _task_order(named: NamedTask) -> tuple[int, str]:
@@ -108,12 +104,12 @@ class Decisions:
                 None,
             )
             cancel = first is not None and first == pull and _holds_cancel(tasks[first])
-            return first, self._run.live_clock(), cancel
+            return Choice(first, self._run.live_clock(), cancel).record()
 
         # One checkpoint records which task finished first (or that the deadline
         # came) and when; a replay returns the same choice and the same time.
-        index, self._run.clock, cancel = await DBOS.run_step_async(
-            {"name": _naming.NEXT_STEP}, choose
+        index, self._run.clock, cancel = Choice.read(
+            await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose)
         )
         if index is None:
             return WaitForNextTaskResult(None, started)
@@ -173,9 +169,10 @@ class Decisions:
             return WaitForNextTaskResult(pull, started)
 
         def wake() -> tuple[int, str, float]:
-            return number, kind, run.live_clock()
+            return Wake(number, kind, run.live_clock()).record()
 
-        _number, kind, run.clock = await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake)
+        recorded = Wake.read(await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake))
+        kind, run.clock = recorded.kind, recorded.clock
         if kind == "pull":
             await self._mailbox.settle(pull)
             return WaitForNextTaskResult(pull, started)
@@ -210,7 +207,7 @@ class Decisions:
         status = await outside_workflow(
             functools.partial(DBOS.get_workflow_status, self._run.invocation_in_db(invocation_id))
         )
-        return status is not None and status.status not in _UNFINISHED
+        return status is not None and status.status not in UNFINISHED
 
     async def _step_won(
         self, worker: asyncio.Task[Any], started: list[NamedTask]
@@ -225,9 +222,8 @@ class Decisions:
             # A step that ended while the run replayed, or elsewhere: its time is
             # recorded here, for what its result schedules (a retry, a timeout).
             def when() -> tuple[int | None, float, bool]:
-                return 0, self._run.live_clock(), False
+                return Choice(0, self._run.live_clock(), False).record()
 
-            _index, self._run.clock, _cancel = await DBOS.run_step_async(
-                {"name": _naming.NEXT_STEP}, when
-            )
+            recorded = await DBOS.run_step_async({"name": _naming.NEXT_STEP}, when)
+            self._run.clock = Choice.read(recorded).clock
         return WaitForNextTaskResult(worker, started)

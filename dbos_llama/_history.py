@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from dbos import StepInfo, WorkflowStatus
 from pydantic import BaseModel
 
 from . import _naming
+from ._records import StepRow, step_rows
 from .errors import StepNotFoundError
 
 #: Longest summary of a value shown in a timeline or stream listing.
@@ -159,24 +161,24 @@ class _Call:
     output: Any = None
 
 
-def step_calls(run_steps: Sequence[Mapping[str, Any]]) -> list[_Call]:
+def step_calls(run_steps: Iterable[StepInfo]) -> list[_Call]:
     """The step invocations a run called, in call order, from its recorded operations
     (each is a child-workflow call row, then a ``DBOS.getResult`` row)."""
     calls: dict[str, _Call] = {}
-    for row in sorted(run_steps, key=lambda r: r["function_id"]):
-        child = row["child_workflow_id"]
+    for row in step_rows(run_steps):
+        child = row.child_id
         if child is None:
             continue
-        parsed = _naming.parse_step_workflow_name(row["function_name"])
+        parsed = _naming.parse_step_workflow_name(row.name)
         if parsed is not None and child not in calls:
-            calls[child] = _Call(child, parsed[1], row["function_id"], row["started_at_epoch_ms"])
-        elif child in calls and row["completed_at_epoch_ms"] is not None:
-            calls[child].ended_ms = row["completed_at_epoch_ms"]
-            calls[child].output = row.get("output")
+            calls[child] = _Call(child, parsed[1], row.function_id, row.started_ms)
+        elif child in calls and row.completed_ms is not None:
+            calls[child].ended_ms = row.completed_ms
+            calls[child].output = row.output
     return list(calls.values())
 
 
-def fork_point(run_steps: Sequence[Mapping[str, Any]], run_id: str, from_step: str) -> int:
+def fork_point(run_steps: Iterable[StepInfo], run_id: str, from_step: str) -> int:
     """The DBOS function ID to fork ``run_id`` at so that ``from_step`` (a step name,
     or ``step/N`` for its invocation number N) and everything after it run again.
 
@@ -211,15 +213,15 @@ def fork_point(run_steps: Sequence[Mapping[str, Any]], run_id: str, from_step: s
 
 def timeline(
     run_id: str,
-    run_steps: Sequence[Mapping[str, Any]],
-    statuses: dict[str, Any],
-    inner_steps: Mapping[str, Sequence[Mapping[str, Any]]],
+    run_steps: Iterable[StepInfo],
+    statuses: Mapping[str, WorkflowStatus],
+    inner_steps: Mapping[str, Iterable[StepInfo]],
 ) -> list[StepInvocationInfo]:
     """A run's step invocations with their status, timing, output and inner calls."""
     rows: list[StepInvocationInfo] = []
     for call in step_calls(run_steps):
         status = statuses.get(call.invocation_id)
-        output = call.output if call.output is not None else getattr(status, "output", None)
+        output = call.output if call.output is not None or status is None else status.output
         rows.append(
             StepInvocationInfo(
                 invocation_id=call.invocation_id,
@@ -230,19 +232,18 @@ def timeline(
                 duration=_duration(call.started_ms, call.ended_ms),
                 output=outcome_summary(output),
                 reused=not call.invocation_id.startswith(f"{run_id}/"),
-                calls=[_call_info(r) for r in inner_steps.get(call.invocation_id, [])],
+                calls=[_call_info(r) for r in step_rows(inner_steps.get(call.invocation_id, []))],
             )
         )
     return rows
 
 
-def _call_info(row: Mapping[str, Any]) -> CallInfo:
-    error = row["error"]
+def _call_info(row: StepRow) -> CallInfo:
     return CallInfo(
-        function_id=row["function_id"],
-        name=row["function_name"],
-        started_at=when(row["started_at_epoch_ms"]),
-        duration=_duration(row["started_at_epoch_ms"], row["completed_at_epoch_ms"]),
-        ok=error is None,
-        output=summarize(error if error is not None else row["output"]),
+        function_id=row.function_id,
+        name=row.name,
+        started_at=when(row.started_ms),
+        duration=_duration(row.started_ms, row.completed_ms),
+        ok=row.ok,
+        output=summarize(row.error if row.error is not None else row.output),
     )

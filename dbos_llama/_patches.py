@@ -3,13 +3,16 @@ reading them back from a run's records (completed results, unfinished checkpoint
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from dbos import StepInfo
 from workflows.context.serializers import JsonSerializer
 from workflows.context.state_store import apply_state_patch
 
 from . import _naming
 from ._lookup import imported_class
+from ._records import SUCCESS, step_rows
 
 #: One journaled edit: (run-wide sequence number, JSON Patch).
 Patch = tuple[int, list[dict[str, Any]]]
@@ -67,11 +70,10 @@ def rebuild_payload(base: dict[str, Any], patches: list[Patch]) -> dict[str, Any
 
 
 class StateJournal:
-    """Numbers the edits of one run and hands each to the step invocation making it."""
+    """Numbers the edits of one run, and adds each to the patches of the step
+    invocation making it."""
 
-    def __init__(self, current_patches: Any) -> None:
-        # A callable returning the running invocation's patch list (or None).
-        self._current_patches = current_patches
+    def __init__(self) -> None:
         self._next_seq = 0
 
     def take(self) -> int:
@@ -80,9 +82,9 @@ class StateJournal:
         self._next_seq += 1
         return seq
 
-    def record(self, patch: list[dict[str, Any]]) -> int:
-        """Number ``patch`` and add it to the running invocation's patches; its number."""
-        patches = self._current_patches()
+    def record(self, patch: list[dict[str, Any]], patches: list[Patch] | None) -> int:
+        """Number ``patch`` and add it to ``patches`` (the making invocation's, if
+        any); its number."""
         seq = self.take()
         if patches is not None:
             patches.append((seq, patch))
@@ -106,12 +108,12 @@ def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]
     if found and found[0].forked_from is not None:
         reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
         if reused:
-            children += api.list_workflows(workflow_ids=reused, status="SUCCESS", load_input=False)
+            children += api.list_workflows(workflow_ids=reused, status=SUCCESS, load_input=False)
     edits: list[SourcedPatch] = []
     unfinished: set[str] = set()
     for child in children:
         key = _naming.invocation_key(child.workflow_id)
-        if child.status == "SUCCESS":
+        if child.status == SUCCESS:
             patches: Any = getattr(child.output, "state", ())
         else:
             patches = checkpointed_patches(api.list_workflow_steps(child.workflow_id))
@@ -120,23 +122,18 @@ def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]
     return edits, unfinished
 
 
-def checkpointed_patches(invocation_steps: list[Any]) -> list[Patch]:
+def checkpointed_patches(invocation_steps: Iterable[StepInfo]) -> list[Patch]:
     """The writes an invocation recorded as checkpoints (empty ones left out)."""
-    patches: list[Patch] = []
-    for row in invocation_steps:
-        if row["function_name"] == _naming.STATE_STEP and row["error"] is None:
-            seq, patch = row["output"]
-            if patch:
-                patches.append((int(seq), patch))
-    return patches
+    writes = (row.state_write() for row in step_rows(invocation_steps))
+    return [(write.seq, write.patch) for write in writes if write is not None]
 
 
-def reused_invocation_ids(run_steps: list[Any], run_id: str) -> list[str]:
+def reused_invocation_ids(run_steps: Iterable[StepInfo], run_id: str) -> list[str]:
     """Step invocations a fork's copied records call that belong to another run."""
     own = f"{run_id}/"
     ids: list[str] = []
-    for row in run_steps:
-        child = row["child_workflow_id"]
+    for row in step_rows(run_steps):
+        child = row.child_id
         if child is not None and not child.startswith(own) and child not in ids:
             ids.append(child)
     return ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import threading
@@ -16,13 +17,14 @@ from workflows.context.state_store import infer_state_type
 from workflows.events import Event, StopEvent
 
 from . import _naming
-from ._patches import Patch, StateJournal, recorded_edits
+from ._patches import Patch, recorded_edits
+from ._records import CANCELLED, step_rows
 from ._state import DurableStateStore
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
-from ._context import current_invocation_patches, invocation_var, outside_workflow
+from ._context import invocation_var, outside_workflow
 
 logger = logging.getLogger("dbos_llama")
 
@@ -34,6 +36,34 @@ CANCEL_POLL_SECONDS = 2.0
 class _Subscriber:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[Event]
+
+
+class Phase(enum.Enum):
+    """Where a run's DBOS workflow body is, as this process sees it.
+
+    A body runs ``ARRIVED`` (or ``STARTING`` when this process starts the run) →
+    ``PREPARING`` (finding its code version and instance) → ``LIVE`` or ``REPLAYING``
+    → ``ENDED``. A replay turns ``LIVE`` when it finds nothing recorded (a dequeued
+    run). Whether this process started the run is not a phase: see
+    `RunState.started_here`.
+    """
+
+    #: Known here (attached to, or one of its steps runs here); its body is not here.
+    ARRIVED = "arrived"
+    #: This process is starting the run's DBOS workflow; its body has not begun.
+    STARTING = "starting"
+    #: Its body began here and waits for its code version and workflow instance.
+    PREPARING = "preparing"
+    #: Its body executes here from the start: no step of the run completed before.
+    LIVE = "live"
+    #: Its body executes here over recorded decisions (recovered, resumed, forked).
+    REPLAYING = "replaying"
+    #: Its body ended here.
+    ENDED = "ended"
+
+
+#: The phases in which the run's body is in this process.
+_BODY_HERE = frozenset({Phase.PREPARING, Phase.LIVE, Phase.REPLAYING, Phase.ENDED})
 
 
 @dataclass
@@ -48,9 +78,11 @@ class RunState:
     clock: float = 0.0
     _clock_offset: float = 0.0
     _resume_real_time: float | None = None
-    # True when this process just started the run (not a replay, not dequeued): no
-    # step of the run can have completed before.
-    brand_new: bool = False
+    phase: Phase = Phase.ARRIVED
+    # True when this process started the run's DBOS workflow itself (not recovering,
+    # resuming or dequeuing it): its body needs no recorded-version lookup, and this
+    # process sees every event the run publishes.
+    started_here: bool = False
     cancel_requested: bool = False
     _cancel_wakeup: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
     invocations: int = 0
@@ -60,15 +92,8 @@ class RunState:
     finished_bodies: set[str] = field(default_factory=set)
     events: list[Event] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
-    executing: bool = False
     # Step invocations of the run executing in this process right now.
     local_steps: int = 0
-    # True once the run's own DBOS workflow body started in this process.
-    body_present: bool = False
-    # True when this process is starting the run's DBOS workflow itself (not
-    # recovering, resuming or dequeuing it): its body needs no recorded-version
-    # lookup, and this process sees every event the run publishes.
-    fresh: bool = False
     # Stream events of finished step invocations, by upstream invocation ID, until
     # the run appends them to its durable stream.
     pending_stream: dict[str, list[Event]] = field(default_factory=dict)
@@ -95,13 +120,35 @@ class RunState:
     outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
 
+    @property
+    def executing(self) -> bool:
+        """Whether the run's body executes in this process now."""
+        return self.phase in (Phase.LIVE, Phase.REPLAYING)
+
+    @property
+    def body_here(self) -> bool:
+        """Whether the run's body has begun in this process."""
+        return self.phase in _BODY_HERE
+
+    def mark_starting(self) -> None:
+        """This process is about to start the run's DBOS workflow."""
+        self.started_here = True
+        self.phase = Phase.STARTING
+
+    def begin_body(self) -> bool:
+        """The run's body begins here; whether it is the first start of a run this
+        process just started (so nothing of it can be recorded yet)."""
+        first = self.phase is Phase.STARTING
+        self.phase = Phase.PREPARING
+        return first
+
+    def end_body(self) -> None:
+        self.phase = Phase.ENDED
+
     def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
         """The run's `ctx.store`, created on first use with the workflow's state type."""
         if self.state_store is None:
-            journal = StateJournal(current_invocation_patches)
-            self.state_store = DurableStateStore(
-                infer_state_type(workflow)(), journal, invocation_var.get
-            )
+            self.state_store = DurableStateStore(infer_state_type(workflow)(), invocation_var.get)
         return self.state_store
 
     def state_store_at(self, namespace: tuple[str, ...]) -> DurableStateStore[Any] | None:
@@ -116,7 +163,7 @@ class RunState:
         if self._restore_lock is None:
             self._restore_lock = asyncio.Lock()
         async with self._restore_lock:
-            if not self.state_restored and self.brand_new:
+            if not self.state_restored and self.phase is Phase.LIVE:
                 # The run's clock was just started, not replayed: a brand-new run,
                 # so no step of it has completed yet.
                 self.state_restored = True
@@ -133,19 +180,21 @@ class RunState:
             key = _naming.invocation_key(invocation_id)
             await self.store_for(workflow).absorb(patches, key)
 
-    def start_clock(self, started_at: float, first_here: bool) -> None:
-        """Start (or, replaying, restore) the run's clock from its recorded start.
+    def start_clock(self, started_at: float, live: bool) -> None:
+        """The body starts executing: start (or, replaying, restore) the run's clock
+        from its recorded start.
 
         ``started_at`` is an input of the run's DBOS workflow (recorded with it, so
-        every replay gets the same). A run this process just started is brand new
-        (``first_here``: a second execution of the body here, a resume, replays).
-        Any other execution (recovered, resumed, dequeued, forked) resumes the clock
-        where the recorded decisions leave it once its replay is over, so time
-        spent down or queued does not count as alive time (`Workflow(timeout=...)`).
+        every replay gets the same). A run this process just started is ``live``
+        (the value of `begin_body`: a second execution of the body here, a resume,
+        replays). Any other execution (recovered, resumed, dequeued, forked) resumes
+        the clock where the recorded decisions leave it once its replay is over, so
+        time spent down or queued does not count as alive time
+        (`Workflow(timeout=...)`).
         """
         self.clock = started_at
-        self.brand_new = self.fresh and first_here
-        self._resume_real_time = None if self.brand_new else time.time()
+        self.phase = Phase.LIVE if live else Phase.REPLAYING
+        self._resume_real_time = None if live else time.time()
 
     def live_offset(self) -> float | None:
         """How far the run's clock lags the wall clock (its downtime), if the run
@@ -170,22 +219,22 @@ class RunState:
         ones keep the IDs of the run they come from)."""
         self.wakes = {}
         self.recorded_children = {}
-        if self.brand_new:
+        if self.phase is Phase.LIVE:
             return
         steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
         if not steps:
             # Nothing recorded yet (e.g. a queued run, dequeued): it runs live from its
             # start, and the time it waited does not count.
-            self.brand_new = True
+            self.phase = Phase.LIVE
             if self._resume_real_time is not None:
                 self._clock_offset = self._resume_real_time - self.clock
                 self._resume_real_time = None
             return
-        for row in steps:
-            if row["function_name"] == _naming.WAKE_STEP and row["output"] is not None:
-                number, kind, _clock = row["output"]
-                self.wakes[int(number)] = str(kind)
-            child = row.get("child_workflow_id")
+        for row in step_rows(steps):
+            wake = row.wake()
+            if wake is not None:
+                self.wakes[wake.number] = wake.kind
+            child = row.child_id
             if child and child.count("/") >= 2:
                 self.recorded_children[_naming.invocation_key(child)] = child
 
@@ -287,7 +336,7 @@ class CancelWatcher:
                 run_ids = list(self._runs)
             try:
                 cancelled = DBOS.list_workflows(
-                    workflow_ids=run_ids, status="CANCELLED", load_input=False, load_output=False
+                    workflow_ids=run_ids, status=CANCELLED, load_input=False, load_output=False
                 )
             except Exception as error:  # DBOS shut down or the database unreachable
                 if not self._failing:

@@ -14,6 +14,18 @@ from .errors import NotSerializableError, StepFailedError
 
 M = TypeVar("M", bound=BaseModel)
 
+#: What deserializing a recorded value raises when the value cannot be read in this
+#: process: its class is not importable (pickle: ImportError, AttributeError), not a
+#: class here or not readable as stored (`JsonDataSerializer`: TypeError), or its data
+#: no longer validates (pydantic's ValidationError is a ValueError).
+UNREADABLE_VALUE_ERRORS: tuple[type[Exception], ...] = (
+    ImportError,
+    AttributeError,
+    TypeError,
+    ValueError,
+    pickle.UnpicklingError,
+)
+
 
 def _fields(value: Any) -> Iterator[tuple[str, Any]]:
     """Named parts of an event or model, to point at the one that fails."""

@@ -41,6 +41,7 @@ from ._patches import (
     json_patch,
     rebuild_payload,
 )
+from ._records import StateWrite
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -95,7 +96,6 @@ class DurableStateStore(Generic[M]):
     def __init__(
         self,
         initial_state: M,
-        journal: StateJournal,
         source: Callable[[], EditSource | None] | None = None,
     ) -> None:
         # The committed state. Its payload is what the next write is diffed against:
@@ -103,7 +103,7 @@ class DurableStateStore(Generic[M]):
         # await store.set("k", lst)``) is still seen as changed.
         self._shared: _Snapshot[M] = _Snapshot.of(InMemoryStateStore(initial_state))
         self.state_type: type[M] = self._shared.store.state_type
-        self._journal = journal
+        self._journal = StateJournal()
         self._source = source
         self._write_lock = asyncio.Lock()
         self._writer: asyncio.Task[Any] | None = None
@@ -180,13 +180,10 @@ class DurableStateStore(Generic[M]):
     async def absorb(self, patches: list[Patch], source: str) -> None:
         """Take in the patches of a step invocation (`_naming.invocation_key`
         ``source``) that ran in another process, unless this store holds them."""
-        if self._new([(source, seq, patch) for seq, patch in patches]):
+        sourced = [(source, seq, patch) for seq, patch in patches]
+        if self._new(sourced):  # the lock only when there is something to take in
             async with self._write_lock:  # not while another write is being made
-                self._apply(self._new([(source, seq, patch) for seq, patch in patches]))
-
-    def restore(self, patches: list[Patch], source: str = "") -> None:
-        """Apply the patches of one invocation that this store does not hold yet."""
-        self._apply(self._new([(source, seq, patch) for seq, patch in patches]))
+                self._apply(self._new(sourced))
 
     # -- internals ---------------------------------------------------------------------
     def _key(self) -> tuple[EditSource | None, str | None]:
@@ -234,7 +231,7 @@ class DurableStateStore(Generic[M]):
             # Not a checkpoint: journaled with the step's result only.
             self._land(staged, patch, base)
             if patch:
-                seq = self._journal.record(patch)
+                seq = self._journal.record(patch, None if source is None else source.state)
                 if key is not None:
                     self._applied.add((key, seq))
             return
@@ -243,7 +240,7 @@ class DurableStateStore(Generic[M]):
         def record() -> list[Any]:
             nonlocal executed
             executed = True
-            return [self._journal.take(), patch]
+            return StateWrite(self._journal.take(), patch).record()
 
         # Every write inside a step is one checkpoint, even one that changes nothing:
         # a re-run's writes then meet their records in the same order. The record
@@ -253,7 +250,7 @@ class DurableStateStore(Generic[M]):
             recorded, cancelled = await _finish(
                 step.run_async({"name": _naming.STATE_STEP}, record)
             )
-            seq, recorded_patch = int(recorded[0]), recorded[1]
+            seq, recorded_patch = StateWrite.read(recorded)
             if recorded_patch:
                 source.state.append((seq, recorded_patch))
             if executed:

@@ -413,7 +413,8 @@ class Prepared(Event):
 
 @durable
 class RetryAfterRestart(Workflow):
-    """A step that fails once, with a retry delay, in a run recovered after downtime."""
+    """A step that fails once, with a retry delay, in a run recovered after downtime;
+    a bystander step ends the run instead if the retry comes later than it."""
 
     @step
     async def prepare(self, ev: StartEvent) -> Prepared:
@@ -427,6 +428,13 @@ class RetryAfterRestart(Workflow):
         if len(attempts) == 1:
             raise RuntimeError("fails once")
         return StopEvent(result="done")
+
+    @step
+    async def bystander(self, ev: Prepared) -> StopEvent:
+        # Three times the retry delay: the retry comes first unless its delay also
+        # counted the run's downtime (4 s in the test).
+        await asyncio.sleep(3.0)
+        return StopEvent(result="bystander")
 
 
 def _log_lines() -> list[str]:

@@ -65,24 +65,36 @@ def _pending(url: str, run_id: str) -> bool:
 def test_database_that_disappears_mid_run_is_retried_not_lost(
     pg_server: str, tmp_path: Path
 ) -> None:
-    log = tmp_path / "log"
+    # The run's database stops taking connections (every open one is cut) while the
+    # run sleeps durably; 4 s later it is back. The worker neither crashes nor gives
+    # up in between, and then finishes the run from its checkpoints.
     import psycopg
 
+    log = tmp_path / "log"
     name = f"dbos_llama_gone_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    worker = start_driver(f"{pg_server}/{name}", "sleeper", "gone-1", {"seconds": 6}, log)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _pending(f"{pg_server}/{name}", "gone-1"):
-            time.sleep(0.2)  # until the run has started (it sleeps 6 s durably)
-        with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        time.sleep(4)
-        # The worker neither crashes nor reports a result: DBOS retries the database.
-        assert worker.poll() is None
-    finally:
-        worker.kill()
-        out, err = worker.communicate()
-    assert "RESULT" not in out
-    assert "Database connection failed" in err and "does not exist" in err
+    url = f"{pg_server}/{name}"
+    with psycopg.connect(f"{pg_server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        worker = start_driver(url, "sleeper", "gone-1", {"seconds": 3}, log)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not _pending(url, "gone-1"):
+                time.sleep(0.2)  # until the run has started (it sleeps 3 s durably)
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            time.sleep(4)  # past the end of the run's sleep: it must wait for the database
+            assert worker.poll() is None, "the worker gave up while the database was gone"
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            out, err = worker.communicate(timeout=120)
+        finally:
+            worker.kill()
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert worker.returncode == 0, err[-3000:]
+    assert "Database connection failed" in err, err[-3000:]
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    # The step's code ran once: it waited for the database, it did not start over.
+    assert sum(line.startswith("resume:") for line in log.read_text().splitlines()) == 1
+    assert result["finished"] - result["started"] >= 3

@@ -65,7 +65,7 @@ class Go(Event):
 
 @durable
 class LoneThenPair(Workflow):
-    """A lone step (no record when it ends), then two slow steps side by side."""
+    """A lone step (no record when it ends), then two steps side by side."""
 
     @step
     async def lone(self, ev: StartEvent) -> Go:
@@ -74,12 +74,12 @@ class LoneThenPair(Workflow):
 
     @step
     async def left(self, ev: Go) -> StopEvent:
-        await asyncio.sleep(10)
+        await asyncio.sleep(2.5)
         return StopEvent(result="too late")
 
     @step
     async def right(self, ev: Go) -> StopEvent:
-        await asyncio.sleep(10)
+        await asyncio.sleep(2.5)
         return StopEvent(result="too late")
 
 
@@ -126,11 +126,10 @@ async def test_waiter_timeout_counts_from_the_wait(dbos_app: str) -> None:
 async def test_run_timeout_counts_the_time_of_unrecorded_steps(dbos_app: str) -> None:
     # The lone step's end is not recorded as a decision; the run's clock still
     # advances by its 2 s (from the step's recorded result), so the 3 s run timeout
-    # fires about 1 s into the pair of slow steps, not 3 s into them.
-    started = time.monotonic()
+    # fires about 1 s into the pair of steps, before they end 2.5 s into it (3 s in,
+    # had the clock missed the lone step's time, the pair would end the run).
     with pytest.raises(WorkflowTimeoutError):
         await LoneThenPair(timeout=3.0).run(run_id="lone-pair-1")
-    assert time.monotonic() - started < 4.5
 
 
 @durable
@@ -164,16 +163,17 @@ def test_retry_delay_after_a_restart_does_not_count_the_downtime(
     tmp_path: Path, db_url: str
 ) -> None:
     # The run is killed, stays down 4 s, and is recovered; its step then fails once
-    # with a 1 s retry delay. The retry comes about 1 s later, not 1 s + the downtime.
+    # with a 1 s retry delay. The retry comes about 1 s later, not 1 s + the downtime:
+    # before a bystander step that ends the run 3 s after the recovery.
     log = tmp_path / "log"
     first = run_driver(db_url, "retry-after-restart", "retry-1", {}, log, crash_at="retry:prepared")
     assert first.returncode == 137, first.stderr
     time.sleep(4.0)
     done = run_driver(db_url, "retry-after-restart", "retry-1", {}, log)
-    assert done.result == "done"
+    assert done.result == "done", done.stderr[-3000:]
     first_try, second_try = (
         float(line.split()[1])
         for line in log.read_text().splitlines()
         if line.startswith("attempt ")
     )
-    assert 0.9 <= second_try - first_try < 3.0
+    assert second_try - first_try >= 0.9  # the delay itself is kept

@@ -41,3 +41,23 @@ def test_step_outcome_keeps_its_recorded_path_and_fields() -> None:
     outcome = StepOutcome([], [], [(0, [{"op": "add", "path": "/x", "value": 1}])], 1.5)
     assert b"dbos_llama._step_workflows" in pickle.dumps(outcome)
     assert [f for f in StepOutcome.__dataclass_fields__] == ["outputs", "stream", "state", "clock"]
+
+
+def test_checkpoint_outputs_are_plain_tuples_of_the_recorded_shape() -> None:
+    """`dbos_llama.next`, `.wake` and `.state` outputs are recorded as plain tuples and
+    lists (no class of ours in the pickle), and read back as they were recorded."""
+    from dbos_llama._records import Choice, StateWrite, Wake
+
+    choice, wake, write = (
+        Choice(1, 12.5, False).record(),
+        Wake(3, "pull", 12.5).record(),
+        StateWrite(4, [{"op": "add", "path": "/x", "value": 1}]).record(),
+    )
+    assert (type(choice), type(wake), type(write)) == (tuple, tuple, list)
+    assert choice == (1, 12.5, False) and wake == (3, "pull", 12.5)
+    assert write == [4, [{"op": "add", "path": "/x", "value": 1}]]
+    for record in (choice, wake, write):
+        assert b"dbos_llama" not in pickle.dumps(record)
+    assert Choice.read((None, 1.0, True)) == Choice(None, 1.0, True)
+    assert Wake.read(wake) == Wake(3, "pull", 12.5)
+    assert StateWrite.read(write) == StateWrite(4, [{"op": "add", "path": "/x", "value": 1}])

@@ -45,9 +45,9 @@ async def test_a_writer_inside_edit_state_raises() -> None:
     """As with upstream's store: a nested writer is an error, not a deadlock."""
     from workflows.context.state_store import DictState
 
-    from dbos_llama._state import DurableStateStore, StateJournal
+    from dbos_llama._state import DurableStateStore
 
-    store = DurableStateStore(DictState(), StateJournal(lambda: None))
+    store = DurableStateStore(DictState())
     with pytest.raises(RuntimeError, match="inside edit_state"):
         async with store.edit_state():
             await store.set("x", 1)
@@ -93,20 +93,18 @@ async def test_a_value_changed_in_place_then_set_is_journaled() -> None:
     the patch carries the change, so a state rebuilt after a crash has it."""
     from workflows.context.state_store import DictState
 
-    from dbos_llama._state import DurableStateStore, StateJournal, rebuild_payload
+    from dbos_llama._context import Invocation
+    from dbos_llama._state import DurableStateStore, rebuild_payload
 
-    patches: list = []
-    store = DurableStateStore(DictState(), StateJournal(lambda: patches))
+    # A step invocation recorded before writes were checkpoints: journaled only.
+    invocation = Invocation("run/step/0", checkpoint_edits=False)
+    patches = invocation.state
+    store = DurableStateStore(DictState(), lambda: invocation)
     await store.set("items", ["a"])
     items = await store.get("items")
     items.append("b")
     await store.set("items", items)
-    rebuilt = DurableStateStore(DictState(), StateJournal(lambda: None))
-    rebuilt.restore(patches)
+    rebuilt = DurableStateStore(DictState())
+    rebuilt.apply_edits([("", seq, patch) for seq, patch in patches])
     assert await rebuilt.get("items") == ["a", "b"]
-    assert (
-        rebuild_payload(
-            DurableStateStore(DictState(), StateJournal(lambda: None)).payload(), patches
-        )
-        == store.payload()
-    )
+    assert rebuild_payload(DurableStateStore(DictState()).payload(), patches) == store.payload()

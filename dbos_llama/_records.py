@@ -1,0 +1,140 @@
+"""The shapes of the records dbos_llama writes, and typed readers of DBOS's rows.
+
+Every checkpoint output dbos_llama writes is a plain tuple or list (never a class of
+ours: a class's import path would be recorded with it). The named tuples here give
+those shapes names when they are written and read; `record()` turns one back into the
+plain tuple that is recorded. `StepRow` reads one `dbos.StepInfo` row, and the status
+sets are built from `dbos.WorkflowStatusString`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from dbos import StepInfo, WorkflowStatusString
+
+from . import _naming
+
+PENDING = WorkflowStatusString.PENDING.value
+ENQUEUED = WorkflowStatusString.ENQUEUED.value
+SUCCESS = WorkflowStatusString.SUCCESS.value
+ERROR = WorkflowStatusString.ERROR.value
+CANCELLED = WorkflowStatusString.CANCELLED.value
+
+#: Statuses after which a workflow does not execute again unless resumed or forked.
+TERMINAL = frozenset(
+    {SUCCESS, ERROR, CANCELLED, WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value}
+)
+#: Statuses of a step invocation whose result is not recorded (yet): running,
+#: waiting to run, or cancelled (one cancelled while the run executes here still
+#: runs until the run notices; a resume executes it again).
+UNFINISHED = frozenset({PENDING, ENQUEUED, WorkflowStatusString.DELAYED.value, CANCELLED})
+
+
+class Choice(NamedTuple):
+    """`_naming.NEXT_STEP` output: which task finished first (None: the deadline came),
+    the run's clock then, and whether it was the pull holding a cancel."""
+
+    first: int | None
+    clock: float
+    cancel: bool
+
+    def record(self) -> tuple[int | None, float, bool]:
+        return (self.first, self.clock, self.cancel)
+
+    @classmethod
+    def read(cls, output: Any) -> Choice:
+        first, clock, cancel = output
+        return cls(None if first is None else int(first), float(clock), bool(cancel))
+
+
+class Wake(NamedTuple):
+    """`_naming.WAKE_STEP` output: wait number ``number`` of a run's body ended with
+    ``kind`` ("pull" or "timeout") ahead of the one step running beside the mailbox."""
+
+    number: int
+    kind: str
+    clock: float
+
+    def record(self) -> tuple[int, str, float]:
+        return (self.number, self.kind, self.clock)
+
+    @classmethod
+    def read(cls, output: Any) -> Wake:
+        number, kind, clock = output
+        return cls(int(number), str(kind), float(clock))
+
+
+class StateWrite(NamedTuple):
+    """`_naming.STATE_STEP` output: the ``seq``-th committed write of an invocation."""
+
+    seq: int
+    patch: list[Any]
+
+    def record(self) -> list[Any]:
+        return [self.seq, self.patch]
+
+    @classmethod
+    def read(cls, output: Any) -> StateWrite:
+        seq, patch = output
+        return cls(int(seq), patch)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One recorded operation of a DBOS workflow (a `dbos.StepInfo` row)."""
+
+    function_id: int
+    name: str
+    output: Any
+    error: Exception | None
+    child_id: str | None
+    started_ms: int | None
+    completed_ms: int | None
+
+    @classmethod
+    def of(cls, info: StepInfo) -> StepRow:
+        return cls(
+            function_id=info["function_id"],
+            name=info["function_name"],
+            output=info.get("output"),
+            error=info.get("error"),
+            child_id=info.get("child_workflow_id"),
+            started_ms=info.get("started_at_epoch_ms"),
+            completed_ms=info.get("completed_at_epoch_ms"),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def wake(self) -> Wake | None:
+        """The recorded `Wake`, if this row is one."""
+        if self.name != _naming.WAKE_STEP or self.output is None:
+            return None
+        return Wake.read(self.output)
+
+    def state_write(self) -> StateWrite | None:
+        """The recorded non-empty `StateWrite`, if this row is one."""
+        if self.name != _naming.STATE_STEP or self.error is not None:
+            return None
+        write = StateWrite.read(self.output)
+        return write if write.patch else None
+
+    def is_replayable_call(self) -> bool:
+        """A completed durable call inside step code (`@durable_step`, ``now()``, an
+        LLM call...) that a re-run of the step takes from the record. State writes are
+        not: a re-run makes them again, as upstream re-runs the step's code."""
+        return (
+            self.error is None
+            and self.child_id is None
+            and not self.name.startswith("DBOS.")
+            and self.name != _naming.STATE_STEP
+        )
+
+
+def step_rows(infos: Iterable[StepInfo]) -> list[StepRow]:
+    """The rows of one workflow's recorded operations, in function-ID order."""
+    return sorted((StepRow.of(i) for i in infos), key=lambda r: r.function_id)
