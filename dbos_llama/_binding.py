@@ -16,7 +16,7 @@ from workflows.errors import WorkflowRuntimeError
 from workflows.events import StartEvent
 
 from . import _naming, _registry
-from ._context import outside_workflow
+from ._context import extra_run_attributes, outside_workflow
 from ._run_state import run_state
 from ._upstream import class_step_names, step_source
 from .errors import (
@@ -185,7 +185,9 @@ class Binding:
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
             return await DBOS.retrieve_workflow_async(run_id)
-        attributes = SetWorkflowAttributes({_naming.VERSION_ATTR: self.version})
+        attributes = SetWorkflowAttributes(
+            {**(extra_run_attributes.get() or {}), _naming.VERSION_ATTR: self.version}
+        )
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
             await self._check_queue()

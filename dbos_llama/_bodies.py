@@ -54,7 +54,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             # process): a fork onto other code carries its version.
             version = await binding.recorded_version(run_id, version)
         await binding.hold_if_other_version(run_id, version)
-        workflow = await binding.instance_for(run_id)
+        workflow = run.instance = run.instance or await binding.instance_for(run_id)
         run.start_clock(started_at, live)
         await run.load_wakes()
         await run.restore_state(workflow)
@@ -106,14 +106,14 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
         invocation_id = DBOS.workflow_id
         assert invocation_id is not None
         await binding.hold_if_other_version(invocation_id, version)
-        workflow = await binding.instance_for(run_id)
+        run = run_state(run_id)
+        workflow = run.instance or await binding.instance_for(run_id)
         run_token = run_id_var.set(run_id)
         # Invocations recorded before state writes were checkpoints have no such
         # input: they replay as they were recorded.
         invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits)
         if rerun_of is not None:
             invocation.recorded = await _recorded_calls(rerun_of)
-        run = run_state(run_id)
         await run.restore_state(workflow)
         run.local_steps += 1
         inv_token = invocation_var.set(invocation)

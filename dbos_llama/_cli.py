@@ -176,7 +176,8 @@ def show(run_id: RunId, db: Db, as_json: AsJson = False) -> None:
     """A run and the timeline of its steps, with the recorded calls inside each step."""
 
     async def read(client: DurableClient) -> tuple[RunInfo, list[StepInvocationInfo]]:
-        return await client.get_run(run_id), await client.steps(run_id)
+        run = await client.get_run(run_id)  # a run ID or a server handler ID
+        return run, await client.steps(run.run_id)
 
     run, steps = _run(db, read)
     if as_json:
@@ -194,6 +195,8 @@ def show(run_id: RunId, db: Db, as_json: AsJson = False) -> None:
         )
     if run.forked_from:
         out.print(f"[bold]Forked from[/bold] {run.forked_from} at step {run.forked_from_step}")
+    if run.handler_id:
+        out.print(f"[bold]Server handler[/bold] {run.handler_id}")
     if run.error:
         out.print(f"[bold]Error[/bold] {run.error}")
     table = Table(box=None, header_style="bold")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from dbos import DBOSClient, Serializer, SetWorkflowID, WorkflowHandleAsync
+from dbos import DBOSClient, Serializer, SetWorkflowID, WorkflowHandleAsync, WorkflowStatus
 from dbos import error as dbos_error
 from pydantic import BaseModel
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
@@ -55,6 +55,7 @@ class DurableClient:
         self._dbos = DBOSClient(
             system_database_url=system_database_url, serializer=serializer or JsonDataSerializer()
         )
+        self._sqlite = system_database_url.startswith("sqlite")
 
     async def __aenter__(self) -> DurableClient:
         return self
@@ -67,17 +68,36 @@ class DurableClient:
         self._dbos.destroy()
 
     async def get_run(self, run_id: str) -> RunInfo:
-        """The run's workflow, status and timestamps; `RunNotFoundError` if none."""
+        """The run's workflow, status and timestamps; `RunNotFoundError` if none.
+
+        ``run_id`` may also be the handler ID of a run started through a
+        `dbos_llama.server.DurableWorkflowServer` (`RunInfo.handler_id`).
+        """
         found = await self._dbos.list_workflows_async(
             workflow_ids=[run_id], load_output=False, load_input=False
         )
-        info = run_info(found[0]) if found else None
+        if not found:
+            found = await self._by_handler_id(run_id)
+        info = run_info(found[0]) if len(found) == 1 else None
         if info is None:
             raise RunNotFoundError(
-                f"No durable run with ID {run_id!r} in this system database. Check the "
-                "run ID and the database URL."
+                f"No durable run with ID (or server handler ID) {run_id!r} in this system "
+                "database. Check the ID and the database URL."
             )
         return info
+
+    async def _by_handler_id(self, handler_id: str) -> list[WorkflowStatus]:
+        """The runs recorded with server handler ID ``handler_id``."""
+        wanted = {_naming.HANDLER_ATTR: handler_id}
+        if not self._sqlite:
+            return await self._dbos.list_workflows_async(
+                attributes=wanted, load_output=False, load_input=False
+            )
+        # DBOS filters by attributes only on PostgreSQL: look through the runs.
+        every = await self._dbos.list_workflows_async(
+            has_parent=False, load_output=False, load_input=False
+        )
+        return [s for s in every if (s.attributes or {}).get(_naming.HANDLER_ATTR) == handler_id]
 
     async def list_runs(
         self,

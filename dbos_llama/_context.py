@@ -17,6 +17,10 @@ from ._patches import Patch
 run_id_var: ContextVar[str | None] = ContextVar("dbos_llama_run_id", default=None)
 #: The step invocation whose code is executing, if any.
 invocation_var: ContextVar[Invocation | None] = ContextVar("dbos_llama_invocation", default=None)
+#: DBOS workflow attributes to record on the run being started (besides its version).
+extra_run_attributes: ContextVar[dict[str, Any] | None] = ContextVar(
+    "dbos_llama_extra_run_attributes", default=None
+)
 
 
 @dataclass

@@ -9,14 +9,15 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, TypeVar, overload
 
+from workflows.runtime.types.plugin import Runtime
 from workflows.workflow import Workflow
 
 from . import _naming
 from ._binding import Binding
 from ._registry import BINDING_ATTR, binding_of
-from ._runtime import dbos_runtime
-from ._upstream import copy_step_functions
-from .errors import NotAWorkflowError, UnstableNameError
+from ._runtime import dbos_runtime, runs_on_dbos
+from ._upstream import SWITCH_RUNTIME, copy_step_functions
+from .errors import NotAWorkflowError, NotDurablyServedError, UnstableNameError
 
 W = TypeVar("W", bound=type[Workflow])
 
@@ -140,12 +141,24 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
         # A subclass submits its runs where its durable base does.
         Binding(sub, derived, None, binding_of(durable_cls).queue).register()
 
+    def switch_runtime(self: Workflow, new_runtime: Runtime) -> None:
+        # `WorkflowServer.add_workflow` switches the instance to the server's runtime:
+        # never, silently, off DBOS.
+        if runs_on_dbos(self.runtime) and not runs_on_dbos(new_runtime):
+            raise NotDurablyServedError(
+                f"{cls.__qualname__} is @durable, but {type(new_runtime).__name__} would "
+                "run it outside DBOS (its runs would not survive a crash). Serve it with "
+                "dbos_llama.server.DurableWorkflowServer(...) instead of WorkflowServer(...)."
+            )
+        getattr(super(durable_cls, self), SWITCH_RUNTIME)(new_runtime)
+
     namespace = {
         "__module__": cls.__module__,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
         "__init__": __init__,
         "__init_subclass__": classmethod(__init_subclass__),
+        SWITCH_RUNTIME: switch_runtime,
     }
     if any(module in sys.modules for module in _AGENT_MODULES):
         from . import _agents

@@ -31,6 +31,9 @@ STREAM_KEY = "dbos_llama.events"
 VERSION_ATTR = "dbos_llama.version"
 #: Workflow attribute set while a worker holds the run because its code version differs.
 HELD_ATTR = "dbos_llama.held"
+#: Workflow attribute of a run started through a `DurableWorkflowServer`: the
+#: server's handler ID for it.
+HANDLER_ATTR = "dbos_llama.server_handler_id"
 #: Workflow attribute of a fork: the step it re-executes from.
 FORK_STEP_ATTR = "dbos_llama.forked_from_step"
 #: DBOS queue no worker listens to: a fork waits there until its attributes are set.

@@ -33,6 +33,8 @@ class RunInfo:
     #: The run this one was forked from, and the step it re-executed from.
     forked_from: str | None = None
     forked_from_step: str | None = None
+    #: The handler ID of a run started through a `DurableWorkflowServer`.
+    handler_id: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -73,6 +75,7 @@ def run_info(status: WorkflowStatus) -> RunInfo | None:
         held_by_version=held.get("worker_version") if isinstance(held, dict) else None,
         forked_from=status.forked_from,
         forked_from_step=attributes.get(_naming.FORK_STEP_ATTR),
+        handler_id=attributes.get(_naming.HANDLER_ATTR),
     )
 
 

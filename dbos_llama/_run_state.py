@@ -116,6 +116,9 @@ class RunState:
     task_clocks: weakref.WeakKeyDictionary[asyncio.Task[Any], float | None] = field(
         default_factory=weakref.WeakKeyDictionary
     )
+    # The instance the run was started on in this process (its steps and body run
+    # on it); None for a run recovered here, which runs on its class's newest one.
+    instance: Workflow | None = None
     # The run's outcome as DBOS records it, awaited by every local waiter.
     outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
@@ -147,8 +150,12 @@ class RunState:
 
     def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
         """The run's `ctx.store`, created on first use with the workflow's state type."""
+        return self.store_of(infer_state_type(workflow))
+
+    def store_of(self, state_type: type[Any]) -> DurableStateStore[Any]:
+        """The run's `ctx.store`, created on first use with state type ``state_type``."""
         if self.state_store is None:
-            self.state_store = DurableStateStore(infer_state_type(workflow)(), invocation_var.get)
+            self.state_store = DurableStateStore(state_type(), invocation_var.get)
         return self.state_store
 
     def state_store_at(self, namespace: tuple[str, ...]) -> DurableStateStore[Any] | None:

@@ -22,7 +22,7 @@ from workflows.runtime.types.step_function import (
 
 from ._registry import binding_of
 from ._serialization import ensure_serializable
-from ._upstream import class_accepted_events
+from ._upstream import class_accepted_events, runtime_chain
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
@@ -97,7 +97,7 @@ class DBOSRuntime(Runtime):
             raise binding.error_no_start_event()
         ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
         run = run_state(run_id)
-
+        run.instance = workflow  # its body and steps run on this instance here
         run.start_task = asyncio.get_running_loop().create_task(
             binding.start_run(run_id, start_event)
         )
@@ -122,3 +122,14 @@ class DBOSRuntime(Runtime):
 
 #: The runtime every `@durable` class uses unless given ``runtime=``.
 dbos_runtime = DBOSRuntime()
+
+
+def runs_on_dbos(runtime: Runtime) -> bool:
+    """Whether a runtime (or one it decorates, or routes durable classes to through
+    its ``durable_runtime``) is a `DBOSRuntime`."""
+    for link in runtime_chain(runtime):
+        if isinstance(link, DBOSRuntime) or isinstance(
+            getattr(link, "durable_runtime", None), DBOSRuntime
+        ):
+            return True
+    return False

@@ -63,6 +63,11 @@ def awaited_event_types(outputs: list[Any]) -> list[type[Any]]:
     return [o.event_type for o in outputs if isinstance(o, AddWaiter)]
 
 
+#: The `Workflow` method that moves an instance onto another runtime (what
+#: `WorkflowServer.add_workflow` calls; there is no public one).
+SWITCH_RUNTIME = "_switch_runtime"
+
+
 def copy_step_functions(source: type[Workflow], target: type[Workflow]) -> None:
     """Give ``target`` the free-function steps added to ``source`` with ``add_step``
     (upstream keeps them in the class attribute ``_step_functions``)."""
@@ -75,3 +80,37 @@ def dbos_serializer() -> Any:
     from dbos import _dbos
 
     return getattr(_dbos._dbos_global_instance, "_serializer", None)
+
+
+# -- llama-agents-server (the `server` extra; imported only when it is used) -------------
+def server_handler_id() -> str | None:
+    """The handler ID a `WorkflowServer` is starting a run for: the server tags the
+    start with ``llamaindex.handler_id`` (`llama_index_instrumentation`'s active tags)
+    and does not pass it to the runtime otherwise."""
+    from llama_index_instrumentation.dispatcher import active_instrument_tags
+
+    handler_id = active_instrument_tags.get().get("llamaindex.handler_id")
+    return str(handler_id) if handler_id is not None else None
+
+
+def runtime_chain(runtime: Any) -> list[Any]:
+    """``runtime`` and every runtime it decorates, outermost first (upstream's
+    `BaseRuntimeDecorator` keeps the decorated runtime in ``_decorated``)."""
+    chain = [runtime]
+    while getattr(chain[-1], "_decorated", None) is not None:
+        chain.append(chain[-1]._decorated)
+    return chain
+
+
+def postgres_workflow_store_class() -> Any:
+    """llama-agents-server's PostgreSQL store (not exported by ``llama_agents.server``)."""
+    from llama_agents.server._store.postgres_workflow_store import PostgresWorkflowStore
+
+    return PostgresWorkflowStore
+
+
+def stored_event_class() -> Any:
+    """The event record a llama-agents-server store returns (not exported)."""
+    from llama_agents.server._store.abstract_workflow_store import StoredEvent
+
+    return StoredEvent

@@ -104,3 +104,13 @@ class StepFailedError(DurableError):
 
     def __reduce__(self) -> tuple[object, tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class NotDurablyServedError(DurableError):
+    """A `@durable` workflow was handed to a runtime that would run it outside DBOS
+    (e.g. a plain ``WorkflowServer``): its runs would not be durable. Serve it with
+    ``dbos_llama.server.DurableWorkflowServer`` instead."""
+
+
+class ServerConfigError(DurableError, ValueError):
+    """A `DurableWorkflowServer` cannot be built from what it was given (say what)."""
