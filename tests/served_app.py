@@ -62,6 +62,29 @@ class ServedApproval(Workflow):
         return StopEvent(result={"draft": draft, "decision": ev.response})
 
 
+class ReviewDecision(HumanResponseEvent):
+    """A human's answer with a declared field (the debugger UI shows a form for it)."""
+
+    response: str
+
+
+@durable
+class ServedReview(Workflow):
+    """Asks; a person answers from the debugger UI."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> InputRequiredEvent:
+        # The debugger page follows a run's events from when it opens the run: give
+        # it a moment to open it.
+        await asyncio.sleep(1.5)
+        ctx.write_event_to_stream(Progress(n=0))
+        return InputRequiredEvent(prefix=f"review {ev.get('topic', 'it')}?")
+
+    @step
+    async def decide(self, ev: ReviewDecision) -> StopEvent:
+        return StopEvent(result=f"reviewed: {ev.response}")
+
+
 @durable
 class Slow(Workflow):
     """Waits (for a cancel or a timeout)."""
@@ -97,6 +120,7 @@ def build(db_url: str) -> DurableWorkflowServer:
         debugger_assets=os.environ.get("DBOS_LLAMA_DEBUGGER_ASSETS") or None,
     )
     server.add_workflow("approval", ServedApproval(timeout=None))
+    server.add_workflow("review", ServedReview(timeout=None))
     server.add_workflow("slow", Slow(timeout=None))
     server.add_workflow("slow-timeout", Slow(timeout=1.0))
     server.add_workflow("failing", Failing(timeout=None))

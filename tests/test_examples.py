@@ -63,3 +63,13 @@ def test_durable_agent(tmp_path: Path) -> None:
     assert "tool book_table('Chez DBOS', 2)" in second and "LLM call, turn 2" in second
     assert "get_weather" not in second and "turn 1" not in second
     assert "Calls executed twice: none" in out
+
+
+def test_serve_over_http(tmp_path: Path) -> None:
+    from tests.serving import free_port
+
+    out = run_example("serve.py", tmp_path, PORT=str(free_port()))
+    assert "question for a human: Approve 1200.00 EUR for ACME?" in out
+    assert "server killed (SIGKILL) while the run waits" in out
+    assert "is completed: approved: 1200.00 EUR for the quote" in out
+    assert "paid calls made: 1 (the restarted server did not pay again)" in out

@@ -65,3 +65,53 @@ def test_dbos_serializer_is_found(tmp_path) -> None:
         assert up.dbos_serializer() is serializer
     finally:
         DBOS.destroy()
+
+
+# -- llama-agents-server (the `server` extra) ---------------------------------------------
+def test_the_server_tags_a_start_with_its_handler_id() -> None:
+    """`WorkflowServer` starts a run inside ``instrument_tags({"llamaindex.handler_id":
+    ...})``; `server_handler_id` reads that tag."""
+    import inspect
+
+    from llama_agents.server._service import _WorkflowService
+    from llama_index_instrumentation.dispatcher import instrument_tags
+
+    assert '"llamaindex.handler_id": handler_id' in inspect.getsource(
+        _WorkflowService.start_workflow
+    )
+    assert up.server_handler_id() is None
+    with instrument_tags({"llamaindex.handler_id": "h-7"}):
+        assert up.server_handler_id() == "h-7"
+
+
+def test_runtime_chain_walks_upstream_decorators() -> None:
+    from llama_agents.server import MemoryWorkflowStore
+    from llama_agents.server._runtime.server_runtime import ServerRuntimeDecorator
+    from workflows.plugins.basic import BasicRuntime
+
+    inner = BasicRuntime()
+    outer = ServerRuntimeDecorator(inner, store=MemoryWorkflowStore())
+    assert up.runtime_chain(outer) == [outer, inner]
+
+
+def test_workflow_switch_runtime_is_what_add_workflow_calls() -> None:
+    import inspect
+
+    from llama_agents.server._service import _WorkflowService
+
+    assert callable(getattr(Workflow, up.SWITCH_RUNTIME))
+    assert f"workflow.{up.SWITCH_RUNTIME}(" in inspect.getsource(_WorkflowService.add_workflow)
+
+
+def test_server_store_classes_are_where_we_import_them() -> None:
+    from llama_agents.server import AbstractWorkflowStore
+
+    assert issubclass(up.postgres_workflow_store_class(), AbstractWorkflowStore)
+    fields = up.stored_event_class().model_fields
+    assert list(fields) == ["run_id", "sequence", "timestamp", "event"]
+
+
+def test_the_debugger_page_loads_the_package_we_serve_locally() -> None:
+    from dbos_llama.server import DEBUGGER_CDN_PREFIX, _debugger_page
+
+    assert DEBUGGER_CDN_PREFIX + "app.js" in _debugger_page()
