@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,11 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
                 retry=retry,
             )
             run.finished_bodies.add(invocation_id)
+            if invocation.deferred_error is not None:
+                failed = StepWorkerFailed(
+                    exception=invocation.deferred_error, failed_at=time.time()
+                )
+                outputs = [failed]
             outputs = _failures_on_run_clock(run, outputs)
         finally:
             invocation_var.reset(inv_token)

@@ -41,6 +41,9 @@ class Invocation:
     # work item that this one re-runs after ``ctx.wait_for_event``: (name, output).
     recorded: list[tuple[str, Any]] = field(default_factory=list)
     calls: int = 0
+    # An error the step's code could not be handed at its call (a stream write or send
+    # deferred by an adapter decorator, e.g. the HTTP server's): the step fails with it.
+    deferred_error: Exception | None = None
 
     def next_send_key(self) -> str:
         key = _naming.send_idempotency_key(self.invocation_id, self.sends)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from workflows.context.serializers import BaseSerializer
-from workflows.events import StartEvent
+from workflows.events import Event, StartEvent
 from workflows.plugins.basic import BasicRuntime
 from workflows.runtime.runtime_decorators import BaseInternalRunAdapterDecorator
 from workflows.runtime.types.plugin import (
@@ -16,12 +16,14 @@ from workflows.runtime.types.plugin import (
     RegisteredWorkflow,
     Runtime,
 )
+from workflows.runtime.types.ticks import WorkflowTick
 
 from . import _naming
-from ._context import extra_run_attributes
+from ._context import extra_run_attributes, invocation_var
 from ._registry import BINDING_ATTR
 from ._runtime import dbos_runtime
 from ._upstream import server_handler_id
+from .errors import NotSerializableError
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
@@ -46,6 +48,31 @@ class RecordedRunAdapter(BaseInternalRunAdapterDecorator):
 
     def is_replaying(self) -> bool:
         return True
+
+    # The server's adapter makes these calls later, in tasks whose errors upstream
+    # gathers and drops: an event that cannot be stored would vanish silently. The
+    # step fails with the error instead, as it does when not served.
+    async def write_to_event_stream(self, event: Event) -> None:
+        try:
+            await self._decorated.write_to_event_stream(event)
+        except NotSerializableError as error:
+            _defer_to_step(error)
+            raise
+
+    async def send_event(self, tick: WorkflowTick) -> None:
+        try:
+            await self._decorated.send_event(tick)
+        except NotSerializableError as error:
+            _defer_to_step(error)
+            raise
+
+
+def _defer_to_step(error: NotSerializableError) -> None:
+    invocation = invocation_var.get()
+    if invocation is not None and invocation.deferred_error is None:
+        invocation.deferred_error = error
+    else:
+        logger.error("%s (dropped: it cannot be stored)", error)
 
 
 class ServedRuntime(Runtime):

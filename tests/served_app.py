@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
+from typing import Any
 
 from workflows import Context, Workflow, step
 from workflows.events import (
@@ -95,6 +97,20 @@ class Slow(Workflow):
         return StopEvent(result="done")
 
 
+class Unstorable(Event):
+    handle: Any
+
+
+@durable
+class WritesUnstorable(Workflow):
+    """Writes a stream event DBOS cannot store: the step fails, as it does unserved."""
+
+    @step
+    async def write(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        ctx.write_event_to_stream(Unstorable(handle=threading.Lock()))
+        return StopEvent(result="not reached")
+
+
 @durable
 class Failing(Workflow):
     @step
@@ -124,5 +140,6 @@ def build(db_url: str) -> DurableWorkflowServer:
     server.add_workflow("slow", Slow(timeout=None))
     server.add_workflow("slow-timeout", Slow(timeout=1.0))
     server.add_workflow("failing", Failing(timeout=None))
+    server.add_workflow("unstorable", WritesUnstorable(timeout=None))
     server.add_workflow("plain", Plain(timeout=None))
     return server

@@ -171,6 +171,11 @@ async def test_outcomes_and_bad_input_through_the_server(sqlite_url: str, tmp_pa
 
         failed = (await http.post("/workflows/failing/run", json={"handler_id": "h-fail"})).json()
         assert (failed["status"], failed["error"]) == ("failed", "ValueError: no budget")
+        unstorable = (
+            await http.post("/workflows/unstorable/run", json={"handler_id": "h-unstorable"})
+        ).json()
+        assert unstorable["status"] == "failed"
+        assert unstorable["error"].startswith("NotSerializableError: Event Unstorable")
         timed_out = (
             await http.post("/workflows/slow-timeout/run", json={"handler_id": "h-timeout"})
         ).json()
