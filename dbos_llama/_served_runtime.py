@@ -53,18 +53,20 @@ class RecordedRunAdapter(BaseInternalRunAdapterDecorator):
     # gathers and drops: an event that cannot be stored would vanish silently. The
     # step fails with the error instead, as it does when not served.
     async def write_to_event_stream(self, event: Event) -> None:
-        try:
-            await self._decorated.write_to_event_stream(event)
-        except NotSerializableError as error:
-            _defer_to_step(error)
-            raise
+        await _failing_the_step(lambda: self._decorated.write_to_event_stream(event))
 
     async def send_event(self, tick: WorkflowTick) -> None:
-        try:
-            await self._decorated.send_event(tick)
-        except NotSerializableError as error:
-            _defer_to_step(error)
-            raise
+        await _failing_the_step(lambda: self._decorated.send_event(tick))
+
+
+async def _failing_the_step(call: Callable[[], Awaitable[None]]) -> None:
+    """Make ``call()`` (part of it may raise before it returns its awaitable); hand a
+    `NotSerializableError` to the running step, which then fails with it."""
+    try:
+        await call()
+    except NotSerializableError as error:
+        _defer_to_step(error)
+        raise
 
 
 def _defer_to_step(error: NotSerializableError) -> None:
