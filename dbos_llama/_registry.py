@@ -45,11 +45,21 @@ _by_name: dict[str, DurableBinding] = {}
 _claimed: dict[str, str] = {}
 
 
+def _binding_or_none(obj: Any) -> Any:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return cls.__dict__.get(BINDING_ATTR)
+
+
+def is_durable(obj: Any) -> bool:
+    """Whether ``obj`` is a durable class (made by `@durable`) or an instance of one."""
+    return _binding_or_none(obj) is not None
+
+
 def binding_of(obj: Any) -> DurableBinding:
     """The binding of a durable class or of an instance of one."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    binding = cls.__dict__.get(BINDING_ATTR)
+    binding = _binding_or_none(obj)
     if binding is None:
+        cls = obj if isinstance(obj, type) else type(obj)
         raise WorkflowNotRegisteredError(
             f"{cls.__module__}.{cls.__qualname__} is not a durable workflow class: "
             "decorate it with @durable (or @durable(name=...)) where it is defined."

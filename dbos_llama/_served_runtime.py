@@ -20,7 +20,7 @@ from workflows.runtime.types.ticks import WorkflowTick
 
 from . import _naming
 from ._context import extra_run_attributes, invocation_var
-from ._registry import BINDING_ATTR
+from ._registry import is_durable
 from ._runtime import dbos_runtime
 from ._upstream import server_handler_id
 from .errors import NotSerializableError
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
 logger = logging.getLogger("dbos_llama")
-
-
-def is_durable(workflow: Workflow) -> bool:
-    """Whether ``workflow`` is an instance of a `@durable` class."""
-    return BINDING_ATTR in type(workflow).__dict__
 
 
 class RecordedRunAdapter(BaseInternalRunAdapterDecorator):

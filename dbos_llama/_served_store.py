@@ -152,6 +152,7 @@ class DurableRunsStore:
             )
         }
         now = datetime.now(timezone.utc)
+        parent: Any = super()
         for handler in handlers:
             status = statuses.get(handler.run_id or "")
             outcome = outcome_of(status) if status is not None else None
@@ -161,7 +162,6 @@ class DurableRunsStore:
             handler.result = outcome.event if outcome.status == "completed" else None
             handler.error = outcome.error
             handler.updated_at = handler.completed_at = now
-            parent: Any = super()
             await parent.update(handler)
 
     # -- events --------------------------------------------------------------------------
@@ -214,9 +214,13 @@ async def _stored_values(run_id: str, offset: int) -> Any:
 
 
 async def _has_value(run_id: str, offset: int) -> bool:
-    async for _ in _stored_values(run_id, offset):
-        return True
-    return False
+    values = _stored_values(run_id, offset)
+    try:
+        async for _ in values:
+            return True
+        return False
+    finally:
+        await values.aclose()
 
 
 class DurableSqliteStore(DurableRunsStore, SqliteWorkflowStore):
