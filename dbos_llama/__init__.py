@@ -20,6 +20,7 @@ from ._context import current_run_id
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
 from ._event_json import event_from_json
+from ._fleet import Fleet
 from ._json_serializer import JsonDataSerializer
 from ._registry import install_log_filters as _install_log_filters
 from ._run_info import RunInfo
@@ -30,6 +31,7 @@ from .errors import (
     DurableError,
     EventDecodeError,
     EventNotAcceptedError,
+    FleetConfigError,
     NotAWorkflowError,
     NotDurablyServedError,
     NotSerializableError,
@@ -75,6 +77,7 @@ __all__ = [
     "uuid4",
     "current_run_id",
     "DurableClient",
+    "Fleet",
     "RunInfo",
     "event_from_json",
     "JsonDataSerializer",
@@ -99,5 +102,6 @@ __all__ = [
     "RejectedEventError",
     "NotDurablyServedError",
     "ServerConfigError",
+    "FleetConfigError",
     "__version__",
 ]

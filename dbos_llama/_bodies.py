@@ -25,6 +25,7 @@ from workflows.runtime.types.results import (
 from . import _registry
 from ._adapters import cancel_run_by_id
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
+from ._lease import generation_var, lease
 from ._records import CANCELLED, step_rows
 from ._registry import DurableBinding
 from ._run_state import RunState, forget_run, run_state
@@ -49,6 +50,8 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         run_id = DBOS.workflow_id
         assert run_id is not None
         run = run_state(run_id)
+        task = lease.track(run.generation, run_id)
+        generation_token = generation_var.set(run.generation)
         live = run.begin_body()  # its state stays in this process's table
         if not run.started_here:
             # Recovered, resumed or forked (not started just now by this
@@ -66,6 +69,8 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
                 BrokerState.from_workflow(workflow), start_event, None
             )
         except BaseException as error:
+            if lease.is_stale(run.generation):
+                raise _taken_over(run_id) from None
             if not await _was_cancelled(run_id, error):
                 raise
             # Cancelled by handler.cancel_run() (an in-process request) or by run
@@ -80,10 +85,12 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             return result
         finally:
             run_id_var.reset(token)
+            generation_var.reset(generation_token)
+            lease.untrack(task)
             run.end_body()
             leftovers = sorted(run.inflight)
-            forget_run(run_id)
-            if leftovers:
+            forget_run(run_id, run)
+            if leftovers and not lease.is_stale(run.generation):
                 await _cancel_outside_workflow(leftovers)
 
     run_body.__qualname__ = f"run[{binding.name}]"
@@ -106,51 +113,88 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
     ) -> StepOutcome:
         invocation_id = DBOS.workflow_id
         assert invocation_id is not None
-        await binding.hold_if_other_version(invocation_id, version)
-        run = run_state(run_id)
-        workflow = run.instance or await binding.instance_for(run_id)
-        run_token = run_id_var.set(run_id)
-        # Invocations recorded before state writes were checkpoints have no such
-        # input: they replay as they were recorded.
-        invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits)
-        if rerun_of is not None:
-            invocation.recorded = await _recorded_calls(rerun_of)
-        await run.restore_state(workflow)
-        run.local_steps += 1
-        inv_token = invocation_var.set(invocation)
+        generation = lease.current()
+        task = lease.track(generation, invocation_id)
         try:
-            inner = dbos_runtime.inner_step(workflow, step_name)
-            outputs = await inner(
-                state=state,
-                step_name=step_name,
-                event=event,
-                workflow=workflow,
-                bound_events=bound_events,
-                retry=retry,
+            await binding.hold_if_other_version(invocation_id, version)
+            await lease.admit(generation)
+            return await _execute_step(
+                binding,
+                invocation_id,
+                generation,
+                run_id,
+                step_name,
+                event,
+                state,
+                bound_events,
+                retry,
+                rerun_of,
+                checkpoint_edits,
             )
-            run.finished_bodies.add(invocation_id)
-            if invocation.deferred_error is not None:
-                failed = StepWorkerFailed(
-                    exception=invocation.deferred_error, failed_at=time.time()
-                )
-                outputs = [failed]
-            outputs = _failures_on_run_clock(run, outputs)
+        except BaseException:
+            if lease.is_stale(generation):
+                raise _taken_over(invocation_id) from None
+            raise
         finally:
-            invocation_var.reset(inv_token)
-            run_id_var.reset(run_token)
-            run.local_steps -= 1
-            if run.local_steps == 0 and not run.body_here and run.start_task is None:
-                # A step recovered here while its run executes elsewhere.
-                forget_run(run_id)
-        return StepOutcome(
-            _storable_outputs(step_name, outputs),
-            invocation.stream,
-            invocation.state,
-            run.clock_if_live(),
-        )
+            lease.untrack(task)
 
     step_body.__qualname__ = f"step[{binding.name}]"
     return step_body
+
+
+async def _execute_step(
+    binding: DurableBinding,
+    invocation_id: str,
+    generation: int,
+    run_id: str,
+    step_name: str,
+    event: Event,
+    state: StepWorkerState,
+    bound_events: dict[str, Event] | None,
+    retry: RetryAttempt,
+    rerun_of: str | None,
+    checkpoint_edits: bool,
+) -> StepOutcome:
+    """The step invocation's code, run in this process."""
+    run = run_state(run_id)
+    workflow = run.instance or await binding.instance_for(run_id)
+    run_token = run_id_var.set(run_id)
+    # Invocations recorded before state writes were checkpoints have no such
+    # input: they replay as they were recorded.
+    invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits, generation=generation)
+    if rerun_of is not None:
+        invocation.recorded = await _recorded_calls(rerun_of)
+    await run.restore_state(workflow)
+    run.local_steps += 1
+    inv_token = invocation_var.set(invocation)
+    try:
+        inner = dbos_runtime.inner_step(workflow, step_name)
+        outputs = await inner(
+            state=state,
+            step_name=step_name,
+            event=event,
+            workflow=workflow,
+            bound_events=bound_events,
+            retry=retry,
+        )
+        run.finished_bodies.add(invocation_id)
+        if invocation.deferred_error is not None:
+            failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
+            outputs = [failed]
+        outputs = _failures_on_run_clock(run, outputs)
+    finally:
+        invocation_var.reset(inv_token)
+        run_id_var.reset(run_token)
+        run.local_steps -= 1
+        if run.local_steps == 0 and not run.body_here and run.start_task is None:
+            # A step recovered here while its run executes elsewhere.
+            forget_run(run_id, run)
+    return StepOutcome(
+        _storable_outputs(step_name, outputs),
+        invocation.stream,
+        invocation.state,
+        run.clock_if_live(),
+    )
 
 
 def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
@@ -289,6 +333,12 @@ def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[S
         failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
         return [StepWorkerFailed(exception=raised[0] if raised else failure, failed_at=failed_at)]
     return safe
+
+
+def _taken_over(workflow_id: str) -> dbos_error.DBOSWorkflowConflictIDError:
+    """What a stale execution ends with: DBOS's "no longer owned by this execution",
+    on which DBOS records nothing and waits for the owner's outcome."""
+    return dbos_error.DBOSWorkflowConflictIDError(workflow_id)
 
 
 async def _was_cancelled(run_id: str, error: BaseException) -> bool:

@@ -17,10 +17,11 @@ from workflows.events import Event, HumanResponseEvent, StopEvent
 
 from . import _envelope as envelope
 from . import _naming, _registry
+from ._handover import hand_over
 from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
 from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
-from ._records import PENDING, SUCCESS, step_rows
+from ._records import SUCCESS, step_rows
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._serialization import UNREADABLE_VALUE_ERRORS
 from ._upstream import class_accepted_events
@@ -364,7 +365,8 @@ class DurableClient:
 
         Only for a worker that is gone for good: a live worker would go on executing
         the same runs. A worker that restarts with its executor ID resumes its runs
-        by itself, without this call.
+        by itself, without this call, and workers that joined a `Fleet` take over a
+        dead worker's runs by themselves.
 
         Example:
             ```python
@@ -372,13 +374,4 @@ class DurableClient:
                 print(await client.take_over("worker-2"))
             ```
         """
-        pending = await self._dbos.list_workflows_async(
-            status=PENDING, executor_id=executor_id, load_input=False, load_output=False
-        )
-        ours = [s for s in pending if (s.name or "").startswith(_naming.NAME_PREFIX)]
-        by_queue: dict[str | None, list[str]] = {}
-        for status in ours:
-            by_queue.setdefault(status.queue_name, []).append(status.workflow_id)
-        for queue_name, workflow_ids in by_queue.items():
-            await self._dbos.resume_workflows_async(workflow_ids, queue_name=queue_name)
-        return sorted(s.workflow_id for s in ours if run_info(s) is not None)
+        return await asyncio.to_thread(hand_over, self._dbos, executor_id)

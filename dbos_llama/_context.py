@@ -44,6 +44,9 @@ class Invocation:
     # An error the step's code could not be handed at its call (a stream write or send
     # deferred by an adapter decorator, e.g. the HTTP server's): the step fails with it.
     deferred_error: Exception | None = None
+    # The lease generation it executes in (`_lease`): its calls start only while
+    # the worker holds that generation's lease.
+    generation: int = 0
 
     def next_send_key(self) -> str:
         key = _naming.send_idempotency_key(self.invocation_id, self.sends)

@@ -17,6 +17,7 @@ from dbos import DBOS, StepOptions
 
 from . import _naming
 from ._context import invocation_var
+from ._lease import lease
 from ._serialization import ensure_serializable
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,13 +151,36 @@ async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     hit, value = _replayed(options["name"])
     if hit:
         return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
-    return await DBOS.run_step_async(cast(StepOptions, options), fn)
+    generation = _generation()
+
+    async def admitted() -> Any:
+        # Inside the DBOS step: its function ID is taken, and a recorded call
+        # never gets here. A worker unsure of its lease starts no call.
+        await lease.admit(generation)
+        result = fn()
+        return await result if inspect.isawaitable(result) else result
+
+    return await DBOS.run_step_async(cast(StepOptions, options), admitted)
+
+
+def _generation() -> int:
+    invocation = invocation_var.get()
+    assert invocation is not None
+    return invocation.generation
 
 
 def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     hit, value = _replayed(options["name"])
     if hit:
         options, fn = {"name": options["name"]}, lambda: value
+    else:
+        generation, call = _generation(), fn
+
+        def admitted() -> Any:
+            lease.admit_blocking(generation)
+            return call()
+
+        fn = admitted
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -103,3 +103,10 @@ def tool_call_name(tool: str) -> str:
 def send_idempotency_key(invocation_id: str, number: int) -> str:
     """Idempotency key of the ``number``-th event sent by one step invocation."""
     return f"{invocation_id}/send/{number}"
+
+
+#: Where the workers of a `Fleet` hold their leases: a table in the DBOS system
+#: database (schema ``dbos_llama`` on PostgreSQL; a prefixed table on SQLite).
+FLEET_SCHEMA = "dbos_llama"
+FLEET_TABLE = "workers"
+FLEET_TABLE_SQLITE = "dbos_llama_workers"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
 from ._context import invocation_var, outside_workflow
+from ._lease import lease
 
 logger = logging.getLogger("dbos_llama")
 
@@ -71,6 +72,8 @@ class RunState:
     """What this process holds for one run: local stream, result, counters."""
 
     run_id: str
+    # The lease generation this state belongs to (`_lease`).
+    generation: int = field(default_factory=lambda: lease.generation)
     state_store: DurableStateStore[Any] | None = None
     state_restored: bool = False
     _restore_lock: asyncio.Lock | None = None
@@ -371,13 +374,16 @@ cancel_watcher = CancelWatcher()
 
 
 def run_state(run_id: str) -> RunState:
-    """This process's state of ``run_id``, created on first use."""
+    """This process's state of ``run_id``, created on first use (and anew once the
+    worker's runs were taken over: a stale execution keeps its own)."""
     state = _runs.get(run_id)
-    if state is None:
+    if state is None or lease.is_stale(state.generation):
         state = _runs[run_id] = RunState(run_id)
     return state
 
 
-def forget_run(run_id: str) -> None:
-    """Drop a finished run from the process-wide table (adapters keep their own ref)."""
-    _runs.pop(run_id, None)
+def forget_run(run_id: str, run: RunState | None = None) -> None:
+    """Drop a finished run from the process-wide table (adapters keep their own ref);
+    with ``run``, only if that is still the run's entry."""
+    if run is None or _runs.get(run_id) is run:
+        _runs.pop(run_id, None)

@@ -82,6 +82,15 @@ def dbos_serializer() -> Any:
     return getattr(_dbos._dbos_global_instance, "_serializer", None)
 
 
+def system_database_url() -> str | None:
+    """The system database URL of this process's DBOS instance (no public accessor:
+    ``_dbos_global_instance._config["system_database_url"]``)."""
+    from dbos import _dbos
+
+    config = getattr(_dbos._dbos_global_instance, "_config", None)
+    return config.get("system_database_url") if isinstance(config, dict) else None
+
+
 # -- llama-agents-server (the `server` extra; imported only when it is used) -------------
 def server_handler_id() -> str | None:
     """The handler ID a `WorkflowServer` is starting a run for: the server tags the

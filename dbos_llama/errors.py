@@ -114,3 +114,7 @@ class NotDurablyServedError(DurableError):
 
 class ServerConfigError(DurableError, ValueError):
     """A `DurableWorkflowServer` cannot be built from what it was given (say what)."""
+
+
+class FleetConfigError(DurableError, ValueError):
+    """A `Fleet` cannot be joined as configured (say what to change)."""

@@ -1,7 +1,10 @@
-"""Several worker processes sharing one PostgreSQL database; runs go through a DBOS queue.
+"""A self-healing fleet of worker processes on one PostgreSQL database; runs go
+through a DBOS queue.
 
-The whole story in one command (two workers, 20 runs, one worker killed with SIGKILL
-while it has runs in flight, then restarted with the same executor ID):
+The whole story in one command (three workers in a `Fleet`, 30 runs, one worker
+killed with SIGKILL while it has runs in flight and never restarted: when its lease
+lapses, a live worker takes its runs over and they finish, no call that completed
+running again):
 
     python examples/workers.py demo
 
@@ -11,8 +14,8 @@ Or by hand, each in its own terminal (same database URL everywhere):
     python examples/workers.py worker w1
     python examples/workers.py worker w2
     python examples/workers.py submit 20
-    # kill -9 one worker. Restart it with the same ID and it resumes its runs, or
-    # hand its runs to the live workers:
+    # kill -9 one worker: within its lease (LEASE_SECONDS) the other takes over its
+    # runs. (An operator may still hand a dead worker's runs over at once:)
     python examples/workers.py take-over w2
 """
 
@@ -32,7 +35,7 @@ from dbos import DBOS
 from workflows import Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
-from dbos_llama import DurableClient, durable, durable_step
+from dbos_llama import DurableClient, Fleet, durable, durable_step
 
 DB_URL = os.environ.get("DBOS_LLAMA_DB", "postgresql://postgres@127.0.0.1:5432/dbos_llama_workers")
 #: The DBOS queue the workers take runs from, and its limits.
@@ -43,6 +46,9 @@ GLOBAL_CONCURRENCY = 6  # runs at once across all workers
 #: queued and recovered runs only to processes of the version that recorded them.
 #: (dbos_llama checks each workflow class's own step code by itself.)
 APP_VERSION = "workers-example-1"
+#: A worker that stops renewing its lease for this long is declared dead and its
+#: runs are taken over (30 s by default; short here for the demo).
+LEASE_SECONDS = 5.0
 LEDGER = Path(os.environ.get("EXAMPLE_LEDGER", "ledger.txt"))
 
 
@@ -96,7 +102,8 @@ def configure(executor_id: str) -> None:
 
 
 async def worker(executor_id: str) -> None:
-    """A worker: resumes its own unfinished runs, then takes runs from the queue."""
+    """A worker: resumes its own unfinished runs, takes runs from the queue, and
+    takes over the runs of fleet members that die."""
     configure(executor_id)
     DBOS.launch()  # in the running loop: resumed runs execute on it
     await DBOS.register_queue_async(
@@ -105,8 +112,20 @@ async def worker(executor_id: str) -> None:
         global_concurrency=GLOBAL_CONCURRENCY,
         polling_interval_sec=0.2,
     )
-    print(f"worker {executor_id} ready (pid {os.getpid()})", flush=True)
-    await asyncio.Event().wait()
+    async with Fleet(lease_seconds=LEASE_SECONDS) as fleet:
+        print(f"worker {executor_id} ready (pid {os.getpid()})", flush=True)
+        with READY.open("a") as f:
+            f.write(f"{executor_id} {os.getpid()}\n")
+        seen = 0
+        while True:  # report takeovers as they happen
+            await asyncio.sleep(0.5)
+            for takeover in fleet.takeovers[seen:]:
+                print(
+                    f"worker {executor_id} took over {len(takeover.run_ids)} runs of dead "
+                    f"worker {takeover.executor_id}: {takeover.run_ids}",
+                    flush=True,
+                )
+            seen = len(fleet.takeovers)
 
 
 async def submit(count: int) -> None:
@@ -137,31 +156,32 @@ async def take_over(executor_id: str) -> None:
 
 
 def demo() -> None:
-    """Two workers, 20 runs, one worker killed mid-run and restarted."""
+    """Three workers, 30 runs, one worker killed mid-run for good."""
     LEDGER.unlink(missing_ok=True)
     env = {**os.environ, "DBOS_LLAMA_DB": DB_URL, "EXAMPLE_LEDGER": str(LEDGER.resolve())}
 
     def start_worker(executor_id: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "worker", executor_id],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        print(proc.stdout.readline().strip(), flush=True)
+        # Its output goes straight to this terminal: its first line says it is ready.
+        proc = subprocess.Popen([sys.executable, __file__, "worker", executor_id], env=env)
+        while not any(f"{executor_id} " in line for line in _ready()):
+            time.sleep(0.05)
         return proc
 
     print(f"System database: {DB_URL}")
-    workers = {"w1": start_worker("w1"), "w2": start_worker("w2")}
-    submitter = subprocess.Popen([sys.executable, __file__, "submit", "20"], env=env)
+    READY.unlink(missing_ok=True)
+    env["EXAMPLE_READY"] = str(READY.resolve())
+    workers = {w: start_worker(w) for w in ("w1", "w2", "w3")}
+    submitter = subprocess.Popen([sys.executable, __file__, "submit", "30"], env=env)
     try:
         while sum(" w1 " in f" {line}" for line in _ledger()) < 6:
             time.sleep(0.05)
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait()
-        print("worker w1 killed (SIGKILL) with runs in flight; restarting it as w1", flush=True)
-        workers["w1"] = start_worker("w1")
+        print(
+            f"worker w1 killed (SIGKILL) with runs in flight, for good: the others take "
+            f"them over when its {LEASE_SECONDS:.0f} s lease lapses",
+            flush=True,
+        )
         submitter.wait(timeout=300)
     finally:
         for proc in workers.values():
@@ -172,6 +192,13 @@ def demo() -> None:
     print(f"executed more than once: {repeated or 'none'}")
     print("(only a call that was in flight when w1 died may run again; none that completed)")
     sys.exit(submitter.returncode)
+
+
+READY = Path(os.environ.get("EXAMPLE_READY", "ready.txt"))
+
+
+def _ready() -> list[str]:
+    return READY.read_text().splitlines() if READY.exists() else []
 
 
 def _ledger() -> list[str]:

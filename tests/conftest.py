@@ -208,3 +208,8 @@ async def dbos_app(db_url: str):
         yield db_url
     finally:
         DBOS.destroy()
+
+
+# The multi-worker fixtures (pg_url, workers, submitter, throwaway_pg), shared by
+# test_workers and test_fleet. Imported last: the module imports this one.
+from tests.workers_support import pg_url, submitter, throwaway_pg, workers  # noqa: E402, F401

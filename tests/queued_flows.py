@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 from workflows import Context, Workflow, step
@@ -32,9 +33,12 @@ APP_VERSION = "dbos-llama-workers-test"
 @durable_step
 async def tagged_call(label: str) -> str:
     value = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    mark(f"call {current_run_id()}/{label} {value}")
+    key = f"{current_run_id()}/{label}"
+    mark(f"call {key} {value}")
+    mark(f"started {key} {value} {time.time():.3f}")
     # Keeps the call in flight for a while, so a kill can land inside it.
     await asyncio.sleep(float(os.environ.get("DBOS_LLAMA_CALL_SECONDS", "0")))
+    mark(f"ended {key} {value} {time.time():.3f}")
     return value
 
 

@@ -47,11 +47,12 @@ def test_human_in_the_loop_in_two_processes(tmp_path: Path) -> None:
 
 def test_workers_on_postgres(tmp_path: Path, pg_database) -> None:
     out = run_example("workers.py", tmp_path, DBOS_LLAMA_DB=pg_database())
-    assert "worker w1 killed (SIGKILL) with runs in flight; restarting it as w1" in out
-    assert "20 runs finished: {" in out  # how they split between w1 and w2 varies
-    for i in range(20):
+    assert "worker w1 killed (SIGKILL) with runs in flight, for good" in out
+    assert "took over" in out and "runs of dead worker w1: ['doc-" in out
+    assert "30 runs finished: {" in out  # how they split between the workers varies
+    for i in range(30):
         assert f"doc-{i}: 'summary of the text of doc-{i}' by " in out
-    assert "external calls executed: " in out and " for 40 distinct calls" in out
+    assert "external calls executed: " in out and " for 60 distinct calls" in out
 
 
 def test_durable_agent(tmp_path: Path) -> None:

@@ -67,6 +67,16 @@ def test_dbos_serializer_is_found(tmp_path) -> None:
         DBOS.destroy()
 
 
+def test_system_database_url_is_found(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    DBOS(config=dbos_config(url))
+    try:
+        assert up.system_database_url() == url
+    finally:
+        DBOS.destroy()
+    assert up.system_database_url() is None
+
+
 # -- llama-agents-server (the `server` extra) ---------------------------------------------
 def test_the_server_tags_a_start_with_its_handler_id() -> None:
     """`WorkflowServer` starts a run inside ``instrument_tags({"llamaindex.handler_id":
