@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -135,7 +136,10 @@ class Fleet:
     def leave(self, *, hand_over_runs: bool = True) -> None:
         """Stop renewing the lease. With ``hand_over_runs`` (a graceful shutdown),
         first stop this process's executions and hand its runs to the live workers;
-        call it last, as the process ends: it starts no more work afterwards."""
+        call it last, as the process ends: it starts no more work afterwards. It
+        blocks while this process's executions stop: from a running event loop, call
+        it in a thread (``await asyncio.to_thread(fleet.leave)``; ``async with``
+        does)."""
         global _joined
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -178,7 +182,8 @@ class Fleet:
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.leave()
+        # In a thread: the executions it stops unwind on this event loop meanwhile.
+        await asyncio.to_thread(self.leave)
 
     # -- the heartbeat thread ------------------------------------------------------
     def _register(self) -> None:

@@ -257,8 +257,8 @@ async def test_a_sqlite_worker_holds_renews_and_hands_back_its_lease(sqlite_url,
         assert row()[2] > first  # renewed
         await asyncio.to_thread(fleet.leave)
         assert row()[2] == 0  # expired at once: live workers would take anything left
-        fleet2 = Fleet(lease_seconds=2, heartbeat_seconds=0.2).join()  # joins again
-        assert row()[:2] == (2, "live")
-        await asyncio.to_thread(fleet2.leave)
+        async with Fleet(lease_seconds=2, heartbeat_seconds=0.2):  # joins again
+            assert row()[:2] == (2, "live")
+        assert row()[2] == 0
     finally:
         DBOS.destroy()
