@@ -20,7 +20,7 @@ from ._context import current_run_id
 from ._decorator import durable
 from ._durable_step import durable_step, now, random, sleep, uuid4
 from ._event_json import event_from_json
-from ._fleet import Fleet
+from ._fleet import Fleet, Takeover
 from ._json_serializer import JsonDataSerializer
 from ._registry import install_log_filters as _install_log_filters
 from ._run_info import RunInfo
@@ -78,6 +78,7 @@ __all__ = [
     "current_run_id",
     "DurableClient",
     "Fleet",
+    "Takeover",
     "RunInfo",
     "event_from_json",
     "JsonDataSerializer",
