@@ -136,7 +136,8 @@ class Fleet:
     def leave(self, *, hand_over_runs: bool = True) -> None:
         """Stop renewing the lease. With ``hand_over_runs`` (a graceful shutdown),
         first stop this process's executions and hand its runs to the live workers;
-        call it last, as the process ends: it starts no more work afterwards. It
+        call it last, as the process ends: the runs it hands over may start again
+        on any worker, and those it dequeues afterwards are taken over too. It
         blocks while this process's executions stop: from a running event loop, call
         it in a thread (``await asyncio.to_thread(fleet.leave)``; ``async with``
         does)."""
@@ -167,8 +168,9 @@ class Fleet:
         self._table.dispose()
         if _joined is self:
             _joined = None
-        if not hand_over_runs:
-            lease.deadline = None
+        # Outside a fleet again: work starts freely (a process that goes on after
+        # leaving executes what it dequeues, like any worker outside a fleet).
+        lease.deadline = None
 
     def __enter__(self) -> Fleet:
         return self.join()

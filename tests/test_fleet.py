@@ -16,6 +16,7 @@ from dbos import DBOS, DBOSClient
 
 from dbos_llama import Fleet, FleetConfigError
 from tests.conftest import dbos_config
+from tests.flows import Tally
 from tests.queued_flows import APP_VERSION
 from tests.workers_support import (
     Worker,
@@ -260,5 +261,11 @@ async def test_a_sqlite_worker_holds_renews_and_hands_back_its_lease(sqlite_url,
         async with Fleet(lease_seconds=2, heartbeat_seconds=0.2):  # joins again
             assert row()[:2] == (2, "live")
         assert row()[2] == 0
+        # Outside the fleet again, the process runs durable work as before.
+        assert await Tally(timeout=None).run(run_id="after-leaving", customer="ada") == {
+            "customer": "ada",
+            "count": 11,
+            "last": "<tally-two>",
+        }
     finally:
         DBOS.destroy()
