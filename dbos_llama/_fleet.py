@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import sqlalchemy as sa
 from dbos import DBOS, DBOSClient
 
 from . import _naming, _upstream
 from ._handover import hand_over
 from ._lease import lease
+from ._sysdb import SystemTable
 from .errors import FleetConfigError
 
 logger = logging.getLogger("dbos_llama")
@@ -340,25 +340,19 @@ def _wait_for(condition: Any, seconds: float) -> bool:
     return True
 
 
-class _LeaseTable:
+class _LeaseTable(SystemTable):
     """The lease rows, in database time (immune to the workers' clock skew)."""
 
     def __init__(self, url: str) -> None:
-        parsed = sa.make_url(url)
-        self.sqlite = parsed.drivername.startswith("sqlite")
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        self.engine = (
-            sa.create_engine(parsed, pool_size=2, max_overflow=2, pool_pre_ping=True)
-            if not self.sqlite
-            else sa.create_engine(parsed)
+        super().__init__(
+            url,
+            _naming.FLEET_TABLE,
+            "executor_id TEXT PRIMARY KEY, instance TEXT NOT NULL, "
+            "epoch BIGINT NOT NULL, state TEXT NOT NULL, "
+            "heartbeat_ms BIGINT NOT NULL, lease_ms BIGINT NOT NULL, "
+            "taken_by TEXT, taken_at_ms BIGINT, handed_over BIGINT, "
+            "pid BIGINT, host TEXT, joined_ms BIGINT",
         )
-        if self.sqlite:
-            self.name = _naming.FLEET_TABLE_SQLITE
-            self.now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
-        else:
-            self.name = f"{_naming.FLEET_SCHEMA}.{_naming.FLEET_TABLE}"
-            self.now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
         # Silent for longer than its lease (a live row), or claimed by a worker
         # that died before it handed the runs over (a dead row).
         self.lapsed = (
@@ -366,42 +360,12 @@ class _LeaseTable:
             f"(state = 'dead' AND handed_over IS NULL AND taken_at_ms + lease_ms < {self.now}))"
         )
 
-    def _write(self, sql: str, **params: Any) -> int:
-        """Rows the statement changed."""
-        with self.engine.begin() as c:
-            return int(c.execute(sa.text(sql), params).rowcount)
-
-    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        with self.engine.begin() as c:
-            return [dict(r) for r in c.execute(sa.text(sql), params).mappings()]
-
-    def create(self) -> None:
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as c:
-                    if not self.sqlite:
-                        c.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_naming.FLEET_SCHEMA}"))
-                    c.execute(
-                        sa.text(
-                            f"CREATE TABLE IF NOT EXISTS {self.name} ("
-                            "executor_id TEXT PRIMARY KEY, instance TEXT NOT NULL, "
-                            "epoch BIGINT NOT NULL, state TEXT NOT NULL, "
-                            "heartbeat_ms BIGINT NOT NULL, lease_ms BIGINT NOT NULL, "
-                            "taken_by TEXT, taken_at_ms BIGINT, handed_over BIGINT, "
-                            "pid BIGINT, host TEXT, joined_ms BIGINT)"
-                        )
-                    )
-                return
-            except sa.exc.IntegrityError:  # two workers creating it at once
-                if attempt == 2:
-                    raise
-
     def register(self, executor_id: str, instance: str, lease_seconds: float) -> int:
-        rows = self._rows(
+        rows = self.rows(
             f"INSERT INTO {self.name} (executor_id, instance, epoch, state, heartbeat_ms, "
             f"lease_ms, pid, host, joined_ms) VALUES (:id, :inst, 1, 'live', {self.now}, "
             f":lease, :pid, :host, {self.now}) ON CONFLICT (executor_id) DO UPDATE SET "
-            f"instance = :inst, epoch = {self.name.split('.')[-1]}.epoch + 1, state = 'live', "
+            f"instance = :inst, epoch = {self.bare}.epoch + 1, state = 'live', "
             f"heartbeat_ms = {self.now}, lease_ms = :lease, taken_by = NULL, "
             f"taken_at_ms = NULL, handed_over = NULL, pid = :pid, host = :host, "
             f"joined_ms = {self.now} RETURNING epoch",
@@ -414,7 +378,7 @@ class _LeaseTable:
         return int(rows[0]["epoch"])
 
     def renew(self, executor_id: str, instance: str, epoch: int) -> bool:
-        changed = self._write(
+        changed = self.write(
             f"UPDATE {self.name} SET heartbeat_ms = {self.now} WHERE executor_id = :id "
             "AND instance = :inst AND epoch = :epoch AND state = 'live'",
             id=executor_id,
@@ -424,7 +388,7 @@ class _LeaseTable:
         return changed == 1
 
     def expire(self, executor_id: str, instance: str, epoch: int) -> None:
-        self._write(
+        self.write(
             f"UPDATE {self.name} SET heartbeat_ms = 0 WHERE executor_id = :id "
             "AND instance = :inst AND epoch = :epoch AND state = 'live'",
             id=executor_id,
@@ -433,11 +397,11 @@ class _LeaseTable:
         )
 
     def row(self, executor_id: str) -> dict[str, Any] | None:
-        found = self._rows(f"SELECT * FROM {self.name} WHERE executor_id = :id", id=executor_id)
+        found = self.rows(f"SELECT * FROM {self.name} WHERE executor_id = :id", id=executor_id)
         return found[0] if found else None
 
     def expired(self, me: str) -> list[tuple[str, int, int]]:
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT executor_id, epoch, lease_ms FROM {self.name} "
             f"WHERE executor_id <> :me AND {self.lapsed}",
             me=me,
@@ -446,7 +410,7 @@ class _LeaseTable:
 
     def claim(self, executor_id: str, epoch: int, me: str) -> bool:
         # One statement: of the live workers claiming at once, one row update wins.
-        changed = self._write(
+        changed = self.write(
             f"UPDATE {self.name} SET state = 'dead', taken_by = :me, taken_at_ms = {self.now}, "
             f"handed_over = NULL WHERE executor_id = :id AND epoch = :epoch AND {self.lapsed}",
             me=me,
@@ -456,7 +420,7 @@ class _LeaseTable:
         return changed == 1
 
     def mark_handed_over(self, executor_id: str, epoch: int, me: str, count: int) -> None:
-        self._write(
+        self.write(
             f"UPDATE {self.name} SET handed_over = :n WHERE executor_id = :id "
             "AND epoch = :epoch AND taken_by = :me AND state = 'dead'",
             n=count,
@@ -470,7 +434,4 @@ class _LeaseTable:
         return row is None or row["state"] != "dead" or row["handed_over"] is not None
 
     def members(self) -> list[dict[str, Any]]:
-        return self._rows(f"SELECT *, {self.now} AS now_ms FROM {self.name} ORDER BY executor_id")
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+        return self.rows(f"SELECT *, {self.now} AS now_ms FROM {self.name} ORDER BY executor_id")

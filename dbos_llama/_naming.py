@@ -105,8 +105,10 @@ def send_idempotency_key(invocation_id: str, number: int) -> str:
     return f"{invocation_id}/send/{number}"
 
 
-#: Where the workers of a `Fleet` hold their leases: a table in the DBOS system
-#: database (schema ``dbos_llama`` on PostgreSQL; a prefixed table on SQLite).
-FLEET_SCHEMA = "dbos_llama"
+#: The library's own tables live in the DBOS system database: in schema
+#: ``dbos_llama`` on PostgreSQL, prefixed ``dbos_llama_`` on SQLite (`_sysdb`).
+TABLE_SCHEMA = "dbos_llama"
+#: Where the workers of a `Fleet` hold their leases.
 FLEET_TABLE = "workers"
-FLEET_TABLE_SQLITE = "dbos_llama_workers"
+#: Runs released from memory while they wait (`_release`).
+RELEASED_TABLE = "released"

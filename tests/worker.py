@@ -28,6 +28,9 @@ async def main(db_url: str, executor_id: str) -> None:
             "executor_id": executor_id,
             "application_version": APP_VERSION,
             "notification_listener_polling_interval_sec": 0.05,
+            # A small pool: the PostgreSQL tests share one server (max_connections
+            # 100) and a fleet test runs four workers beside the other tests.
+            "sys_db_pool_size": 8,
         }
     )
     DBOS.launch()

@@ -83,7 +83,7 @@ async def submitter(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """DBOS in the test process, submitting runs but dequeuing none itself (it may
     still execute recovered step invocations, like any process with the code)."""
     monkeypatch.setenv("DBOS_LLAMA_TEST_LOG", str(tmp_path / "log"))
-    DBOS(config=dbos_config(pg_url, application_version=APP_VERSION))
+    DBOS(config=dbos_config(pg_url, application_version=APP_VERSION, sys_db_pool_size=8))
     DBOS.listen_queues([])
     DBOS.launch()
     try:

@@ -1,0 +1,67 @@
+"""The library's own tables in the DBOS system database: engine, database time, SQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import _naming
+
+
+class SystemTable:
+    """One table of the library's in the DBOS system database (schema ``dbos_llama``
+    on PostgreSQL; a table prefixed ``dbos_llama_`` on SQLite), read and written in
+    plain SQL with the database's own clock (`now`, milliseconds since the epoch),
+    so workers with skewed clocks agree.
+
+    Example: ``SystemTable(url, "released", "run_id TEXT PRIMARY KEY, ...")``.
+    """
+
+    def __init__(self, url: str, table: str, columns: str) -> None:
+        parsed = sa.make_url(url)
+        self.sqlite = parsed.drivername.startswith("sqlite")
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.engine = (
+            sa.create_engine(parsed, pool_size=2, max_overflow=2, pool_pre_ping=True)
+            if not self.sqlite
+            else sa.create_engine(parsed)
+        )
+        self._columns = columns
+        if self.sqlite:
+            #: The table's name as SQL refers to it.
+            self.name = f"{_naming.TABLE_SCHEMA}_{table}"
+            #: Database time now, in milliseconds since the epoch (an SQL expression).
+            self.now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+        else:
+            self.name = f"{_naming.TABLE_SCHEMA}.{table}"
+            self.now = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+        #: The bare table name (what ``ON CONFLICT ... DO UPDATE`` refers to).
+        self.bare = self.name.split(".")[-1]
+
+    def write(self, sql: str, **params: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+        with self.engine.begin() as c:
+            return int(c.execute(sa.text(sql), params).rowcount)
+
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        """Run one statement; the rows it returned."""
+        with self.engine.begin() as c:
+            return [dict(r) for r in c.execute(sa.text(sql), params).mappings()]
+
+    def create(self) -> None:
+        """Create the table (and schema) if missing; safe when workers race to."""
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as c:
+                    if not self.sqlite:
+                        c.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_naming.TABLE_SCHEMA}"))
+                    c.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self.name} ({self._columns})"))
+                return
+            except sa.exc.IntegrityError:  # two workers creating it at once
+                if attempt == 2:
+                    raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
