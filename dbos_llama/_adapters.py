@@ -22,11 +22,11 @@ from workflows.runtime.types.plugin import (
 from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
 
 from . import _envelope as envelope
-from . import _naming
+from . import _naming, _release
 from ._context import invocation_var, outside_workflow
 from ._decisions import Decisions
 from ._mailbox import Mailbox
-from ._run_state import RunState, _runs, forget_run
+from ._run_state import RunState, StreamMoved, _runs, forget_run
 from ._serialization import ensure_serializable
 from ._upstream import awaited_event_types
 
@@ -37,10 +37,19 @@ ATTACH_POLLING_INTERVAL_SEC = 0.1
 async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event, None]:
     """The stored stream of a run from ``offset``, live until the run ends (its
     StopEvent is not in it: it is the run's result)."""
-    async for event in DBOS.read_stream_async(
-        run_id, _naming.STREAM_KEY, offset=offset, polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
-    ):
-        yield event
+    while True:
+        async for event in DBOS.read_stream_async(
+            run_id,
+            _naming.STREAM_KEY,
+            offset=offset,
+            polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC,
+        ):
+            offset += 1
+            yield event
+        # DBOS ended the reader: the run ended, or was released (read on once it
+        # wakes up).
+        if not await _release.keep_following(_release.local(), run_id):
+            return
 
 
 def _observe(outcome: asyncio.Future[Any]) -> None:
@@ -85,6 +94,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
             # that (not worth two rows of the stream).
             return _done()
         # The control loop itself (e.g. a waiter's event): a checkpointed write.
+        self._run.stream_length += 1
         return DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def on_tick(self, tick: WorkflowTick) -> None:
@@ -95,6 +105,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
                 self._run.awaited_types.append(awaited)
         if tick.invocation_id is not None:
             for event in self._run.pending_stream.pop(tick.invocation_id, ()):
+                self._run.stream_length += 1
                 await DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def get_now(self) -> float:
@@ -135,8 +146,19 @@ async def _done() -> None:
 
 async def cancel_run_by_id(run_id: str) -> None:
     """Mark a run and its unfinished steps CANCELLED in the database; a process
-    executing it notices within `CANCEL_POLL_SECONDS` and stops."""
+    executing it notices within `CANCEL_POLL_SECONDS` and stops. A released run
+    stops reading as waiting."""
+    releases = _release.local()
+    if releases is not None:
+        await asyncio.to_thread(releases.cancel, run_id)
     await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
+
+
+async def wake_released(run_id: str) -> None:
+    """After an event was sent to ``run_id``: resume it if it is released."""
+    releases = _release.local()
+    if releases is not None:
+        await asyncio.to_thread(releases.wake, run_id)
 
 
 async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
@@ -162,8 +184,9 @@ class DBOSExternalAdapter(ExternalRunAdapter):
             # From outside the run: carried as JSON, never as a pickle.
             step = str(tick.step_id) if tick.step_id is not None else None
             await envelope.send(DBOS, self._run.run_id, envelope.encode(tick.event, step))
-            return
-        await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
+        else:
+            await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
+        await wake_released(self._run.run_id)
 
     async def cancel(self) -> None:
         run = self._run
@@ -197,7 +220,14 @@ class DBOSExternalAdapter(ExternalRunAdapter):
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, result}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    event = getter.result()
+                    if isinstance(event, StreamMoved):
+                        # The run was released: what it streams from now on is read
+                        # from the database, from where the local events stopped.
+                        async for stored in read_run_stream(self._run.run_id, event.offset):
+                            yield stored
+                        return
+                    yield event
                     continue
                 getter.cancel()
                 while not queue.empty():
@@ -230,14 +260,18 @@ class DBOSExternalAdapter(ExternalRunAdapter):
             handle = await run.start_task
         else:
             handle = await DBOS.retrieve_workflow_async(run.run_id)
-        try:
-            # A run started here is awaited directly; any other is polled.
-            stop: StopEvent = await handle.get_result(
-                polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
-            )
-            return stop
-        except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
-            raise WorkflowCancelledByUser() from cancelled
+        while True:
+            try:
+                # A run started here is awaited directly; any other is polled.
+                stop: StopEvent = await handle.get_result(
+                    polling_interval_sec=ATTACH_POLLING_INTERVAL_SEC
+                )
+                return stop
+            except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
+                if not await _release.wait_while_released(_release.local(), run.run_id):
+                    raise WorkflowCancelledByUser() from cancelled
+            # Released, then woken: await the execution that continues it.
+            handle = await DBOS.retrieve_workflow_async(run.run_id)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
         return self._run.state_store_at(namespace)

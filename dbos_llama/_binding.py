@@ -82,6 +82,8 @@ class Binding:
         #: The DBOS queue runs are submitted to (None: they start in the caller).
         self.queue = queue
         self.explicit_version = version
+        #: Seconds a run may wait idle before it is released from memory (`_release`).
+        self.idle_release: float | None = None
         self.version = version if version is not None else code_version(cls)
         self.run_function: Callable[..., Any] | None = None
         self.step_functions: dict[str, Callable[..., Any]] = {}

@@ -28,7 +28,9 @@ from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
 from ._records import CANCELLED, step_rows
 from ._registry import DurableBinding
-from ._run_state import RunState, forget_run, run_state
+from ._release import sweeper
+from ._release_run import finish_release, take_up
+from ._run_state import RunState, StreamMoved, forget_run, run_state
 from ._runtime import dbos_runtime
 from ._serialization import ensure_serializable, storable_exception, with_storable_exception
 from ._step_workflows import StepOutcome
@@ -60,6 +62,11 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         await binding.hold_if_other_version(run_id, version)
         workflow = run.instance = run.instance or await binding.instance_for(run_id)
         run.start_clock(started_at, live)
+        run.idle_release = binding.idle_release
+        if run.idle_release is not None:
+            sweeper.start()
+            if not run.started_here and not await take_up(run):
+                await _end_cancelled_while_released(run, binding.name, task)
         await run.load_wakes()
         await run.restore_state(workflow)
         token = run_id_var.set(run_id)
@@ -71,6 +78,10 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         except BaseException as error:
             if lease.is_stale(run.generation):
                 raise _taken_over(run_id) from None
+            if run.releasing:
+                # Released while idle: this execution ends; a wake-up resumes the run.
+                ended = dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was released")
+                raise ended from None
             if not await _was_cancelled(run_id, error):
                 raise
             # Cancelled by handler.cancel_run() (an in-process request) or by run
@@ -90,11 +101,29 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             run.end_body()
             leftovers = sorted(run.inflight)
             forget_run(run_id, run)
-            if leftovers and not lease.is_stale(run.generation):
+            if run.releasing:
+                run.publish(StreamMoved(offset=run.stream_length))
+                await finish_release(run_id)
+            elif leftovers and not lease.is_stale(run.generation):
                 await _cancel_outside_workflow(leftovers)
 
     run_body.__qualname__ = f"run[{binding.name}]"
     return run_body
+
+
+async def _end_cancelled_while_released(
+    run: RunState, workflow: str, task: asyncio.Task[Any] | None
+) -> None:
+    """A run cancelled while it was released, resumed by a racing wake-up: it ends
+    CANCELLED without executing."""
+    run_id = run.run_id
+    _registry.cancelled_runs.add(run_id)
+    logger.info("Run %r of %r was cancelled.", run_id, workflow)
+    run.end_body()
+    lease.untrack(task)
+    forget_run(run_id, run)
+    await cancel_run_by_id(run_id)
+    raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was cancelled")
 
 
 def make_step_body(binding: DurableBinding) -> Callable[..., Any]:

@@ -104,6 +104,8 @@ def _seconds(duration: float | None) -> str:
 def _status(run: RunInfo) -> str:
     if run.waiting_for_version is not None:
         return f"{run.status} (waiting for its version)"
+    if run.released:
+        return f"{run.status} (released: waiting for its event)"
     return run.status
 
 

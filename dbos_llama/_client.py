@@ -21,7 +21,8 @@ from ._handover import hand_over
 from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
 from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
-from ._records import SUCCESS, step_rows
+from ._records import CANCELLED, PENDING, SUCCESS, step_rows
+from ._release import RELEASED_STATES, Releases, keep_following, wait_while_released
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._serialization import UNREADABLE_VALUE_ERRORS
 from ._upstream import class_accepted_events
@@ -57,6 +58,8 @@ class DurableClient:
             system_database_url=system_database_url, serializer=serializer or JsonDataSerializer()
         )
         self._sqlite = system_database_url.startswith("sqlite")
+        # Runs released from memory while they wait (`@durable(idle_release=...)`).
+        self._releases = Releases(system_database_url, self._dbos.resume_workflow, self._status)
 
     async def __aenter__(self) -> DurableClient:
         return self
@@ -67,6 +70,21 @@ class DurableClient:
     def close(self) -> None:
         """Release the client's database connections."""
         self._dbos.destroy()
+        self._releases.table.dispose()
+
+    def _status(self, run_id: str) -> str | None:
+        found = self._dbos.list_workflows(
+            workflow_ids=[run_id], load_output=False, load_input=False
+        )
+        return found[0].status if found else None
+
+    async def _infos(self, statuses: list[WorkflowStatus]) -> list[RunInfo]:
+        """`RunInfo`s of the durable runs among ``statuses``; released runs read as
+        waiting."""
+        cancelled = [s.workflow_id for s in statuses if s.status == CANCELLED]
+        states = await asyncio.to_thread(self._releases.states, cancelled) if cancelled else {}
+        infos = (run_info(s, states.get(s.workflow_id) in RELEASED_STATES) for s in statuses)
+        return [info for info in infos if info is not None]
 
     async def get_run(self, run_id: str) -> RunInfo:
         """The run's workflow, status and timestamps; `RunNotFoundError` if none.
@@ -79,7 +97,8 @@ class DurableClient:
         )
         if not found:
             found = await self._by_handler_id(run_id)
-        info = run_info(found[0]) if len(found) == 1 else None
+        infos = await self._infos(found) if len(found) == 1 else []
+        info = infos[0] if infos else None
         if info is None:
             raise RunNotFoundError(
                 f"No durable run with ID (or server handler ID) {run_id!r} in this system "
@@ -119,15 +138,21 @@ class DurableClient:
         names = _naming.run_workflow_name(workflow) if workflow is not None else None
         if isinstance(since, timedelta):
             since = datetime.now(timezone.utc) - since
+        wanted = [status] if isinstance(status, str) else status
+        asked = wanted
+        if wanted is not None and PENDING in wanted and CANCELLED not in wanted:
+            asked = [*wanted, CANCELLED]  # released runs are CANCELLED in DBOS
         found = await self._dbos.list_workflows_async(
             name=names,
-            status=status,
+            status=asked,
             start_time=since.isoformat() if since is not None else None,
             sort_desc=True,
             load_output=False,
             load_input=False,
         )
-        runs = [info for info in map(run_info, found) if info is not None]
+        runs = await self._infos(found)
+        if wanted is not None:
+            runs = [info for info in runs if info.status in wanted]
         return runs[:limit] if limit is not None else runs
 
     async def steps(self, run_id: str) -> list[StepInvocationInfo]:
@@ -219,11 +244,15 @@ class DurableClient:
         cancelled.
         """
         await self.get_run(run_id)
-        handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
-        try:
-            stop = await handle.get_result(polling_interval_sec=polling_interval_sec)
-        except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
-            raise WorkflowCancelledByUser(f"Run {run_id!r} was cancelled") from cancelled
+        while True:
+            handle: WorkflowHandleAsync[Any] = await self._dbos.retrieve_workflow_async(run_id)
+            try:
+                stop = await handle.get_result(polling_interval_sec=polling_interval_sec)
+                break
+            except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
+                # A released run is waiting, not cancelled: await its wake-up.
+                if not await wait_while_released(self._releases, run_id):
+                    raise WorkflowCancelledByUser(f"Run {run_id!r} was cancelled") from cancelled
         return stop.result if type(stop) is StopEvent else stop
 
     async def send_event(self, run_id: str, event: Event, step: str | None = None) -> None:
@@ -253,6 +282,8 @@ class DurableClient:
         # As JSON (portable serialization), never a pickle: the run validates it
         # against the event types its workflow declares.
         await envelope.send(self._dbos, run_id, envelope.encode(event, step))
+        # A run released while it waited wakes up for it.
+        await asyncio.to_thread(self._releases.wake, run_id)
 
     async def read_stream(
         self, run_id: str, offset: int = 0, follow: bool = True
@@ -305,7 +336,10 @@ class DurableClient:
                 async for event in values:
                     yield StreamEntry(offset, event)
                     offset += 1
-                return
+                # DBOS ended the reader: the run ended, or was released (then it
+                # goes on once the run wakes up).
+                if not follow or not await keep_following(self._releases, run_id):
+                    return
             except dbos_error.DBOSStreamTimeoutError:
                 return  # not following: everything stored so far was read
             except dbos_error.DBOSException:
@@ -346,14 +380,17 @@ class DurableClient:
             return False
         # A status change, not a message: nothing is added to the run's history, so
         # `resume` continues it from its checkpoints. A worker executing the run
-        # notices within a couple of seconds and stops.
+        # notices within a couple of seconds and stops. A released run ends
+        # CANCELLED even if a wake-up races with this.
+        await asyncio.to_thread(self._releases.cancel, run_id)
         await self._dbos.cancel_workflow_async(run_id, cancel_children=True)
         return True
 
     async def resume(self, run_id: str) -> None:
-        """Resume a cancelled or failed run from its last checkpoint."""
+        """Resume a cancelled or failed run from its last checkpoint (a released run:
+        wake it up)."""
         await self.get_run(run_id)
-        await self._dbos.resume_workflow_async(run_id)
+        await asyncio.to_thread(self._releases.resume, run_id)
 
     async def take_over(self, executor_id: str) -> list[str]:
         """Hand the unfinished runs of a dead worker process to the live ones.

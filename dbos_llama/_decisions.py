@@ -18,6 +18,7 @@ from . import _naming
 from ._context import outside_workflow
 from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
+from ._release_run import release
 from ._run_state import RunState
 
 
@@ -74,6 +75,9 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        if pull is not None and len(tasks) == 1 and self._run.idle_release is not None:
+            # Only the mailbox is awaited: the run is idle, and may be released.
+            timeout = await self._idle(tasks[0], timeout, self._run.idle_release)
         number = self._waits
         self._waits += 1
         if len(tasks) == 1 and timeout is None:
@@ -124,6 +128,30 @@ class Decisions:
                 await asyncio.wait([completed])
             await self._let_siblings_finish_recording(completed, tasks)
         return WaitForNextTaskResult(completed, started)
+
+    async def _idle(
+        self, pull: asyncio.Task[Any], timeout: float | None, idle_release: float
+    ) -> float | None:
+        """Wait up to ``idle_release`` for the mailbox; if nothing comes and the run's
+        deadline is further, release the run (`_release`): this raises `Released`.
+        Otherwise the rest of the deadline, for the usual wait. Takes no DBOS IDs."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        remaining = None if timeout is None else max(0.0, timeout - self._run.elapsed_since_clock())
+        window = idle_release if remaining is None else min(idle_release, remaining)
+        arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
+        try:
+            done, _ = await asyncio.wait(
+                [pull, arrived], timeout=window, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            arrived.cancel()
+        if not done and (remaining is None or remaining > idle_release):
+            wake_in = None if remaining is None else remaining - idle_release
+            await release(self._run, wake_in)  # raises Released, or returns (kept here)
+        if remaining is None:
+            return None
+        return max(0.0, remaining - (loop.time() - began))
 
     async def _let_siblings_finish_recording(
         self, completed: asyncio.Task[Any], tasks: list[asyncio.Task[Any]]

@@ -7,6 +7,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from workflows.runtime.types.plugin import Runtime
@@ -15,9 +16,15 @@ from workflows.workflow import Workflow
 from . import _naming
 from ._binding import Binding
 from ._registry import BINDING_ATTR, binding_of
+from ._release import sweeper
 from ._runtime import dbos_runtime, runs_on_dbos
 from ._upstream import SWITCH_RUNTIME, copy_step_functions
-from .errors import NotAWorkflowError, NotDurablyServedError, UnstableNameError
+from .errors import (
+    DurableDefinitionError,
+    NotAWorkflowError,
+    NotDurablyServedError,
+    UnstableNameError,
+)
 
 W = TypeVar("W", bound=type[Workflow])
 
@@ -35,7 +42,12 @@ _building: ContextVar[bool] = ContextVar("dbos_llama_building", default=False)
 
 @overload
 def durable(
-    cls: W, *, name: str | None = None, version: str | None = None, queue: str | None = None
+    cls: W,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    queue: str | None = None,
+    idle_release: float | timedelta | None = None,
 ) -> W: ...
 
 
@@ -46,6 +58,7 @@ def durable(
     name: str | None = None,
     version: str | None = None,
     queue: str | None = None,
+    idle_release: float | timedelta | None = None,
 ) -> Callable[[W], W]: ...
 
 
@@ -55,6 +68,7 @@ def durable(
     name: str | None = None,
     version: str | None = None,
     queue: str | None = None,
+    idle_release: float | timedelta | None = None,
 ) -> W | Callable[[W], W]:
     """Make a LlamaIndex `Workflow` class durable on DBOS.
 
@@ -74,6 +88,13 @@ def durable(
             submitted to, instead of starting in the calling process: any worker
             process with capacity executes them, within the queue's
             ``worker_concurrency`` / ``global_concurrency`` limits.
+        idle_release: Seconds (or a `timedelta`) a run may wait for its next event
+            (a human's answer, ``ctx.wait_for_event``) with no step running before it
+            is released from the worker's memory. A released run keeps reading as
+            waiting (`RunInfo.released`); the event's arrival (through any sender:
+            handlers, `DurableClient`, the CLI, the server) or the end of its
+            ``wait_for_event`` timeout brings it back, continuing from its checkpoints
+            on any worker. None (the default) keeps waiting runs in memory.
 
     Returns:
         A durable subclass of ``cls`` with the same name, module and signature.
@@ -90,10 +111,15 @@ def durable(
 
         @durable(queue="orders")  # after launch: DBOS.register_queue("orders", ...)
         class QueuedOrders(Workflow): ...
+
+        @durable(idle_release=timedelta(minutes=5))  # approvals that wait for days
+        class Approvals(Workflow): ...
         ```
     """
     if cls is None:
-        return functools.partial(durable, name=name, version=version, queue=queue)
+        return functools.partial(
+            durable, name=name, version=version, queue=queue, idle_release=idle_release
+        )
     if not (isinstance(cls, type) and issubclass(cls, Workflow)):
         raise NotAWorkflowError(
             f"@durable applies to subclasses of workflows.Workflow, not to "
@@ -105,11 +131,16 @@ def durable(
         and name in (None, existing.name)
         and version in (None, existing.explicit_version)
         and queue in (None, existing.queue)
+        and _idle_seconds(idle_release) in (None, existing.idle_release)
     ):
         return cls
     stable_name = name if name is not None else _naming.derive_name(cls)
     durable_cls = _make_durable_subclass(cls)
-    Binding(durable_cls, stable_name, version, queue).register()
+    binding = Binding(durable_cls, stable_name, version, queue)
+    binding.idle_release = _idle_seconds(idle_release)
+    binding.register()
+    if binding.idle_release is not None:
+        sweeper.start()  # wakes released runs whose timeout ends, once DBOS is launched
     return durable_cls  # type: ignore[return-value]  # a subclass of cls, typed as Workflow
 
 
@@ -139,7 +170,10 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
             # A local subclass: it gets a binding only through @durable(name=...).
             return
         # A subclass submits its runs where its durable base does.
-        Binding(sub, derived, None, binding_of(durable_cls).queue).register()
+        parent = binding_of(durable_cls)
+        binding = Binding(sub, derived, None, parent.queue)
+        binding.idle_release = parent.idle_release
+        binding.register()
 
     def switch_runtime(self: Workflow, new_runtime: Runtime) -> None:
         # `WorkflowServer.add_workflow` switches the instance to the server's runtime:
@@ -173,3 +207,15 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
     # Free-function steps added with `add_step` live on the class itself.
     copy_step_functions(cls, durable_cls)
     return durable_cls
+
+
+def _idle_seconds(idle_release: float | timedelta | None) -> float | None:
+    if idle_release is None:
+        return None
+    seconds = idle_release.total_seconds() if isinstance(idle_release, timedelta) else idle_release
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise DurableDefinitionError(
+            f"@durable(idle_release={idle_release!r}): give a positive number of seconds "
+            "or a timedelta (or None to keep waiting runs in memory)."
+        )
+    return float(seconds)

@@ -22,6 +22,7 @@ ENQUEUED = WorkflowStatusString.ENQUEUED.value
 SUCCESS = WorkflowStatusString.SUCCESS.value
 ERROR = WorkflowStatusString.ERROR.value
 CANCELLED = WorkflowStatusString.CANCELLED.value
+DELAYED = WorkflowStatusString.DELAYED.value
 
 #: Statuses after which a workflow does not execute again unless resumed or forked.
 TERMINAL = frozenset(
@@ -30,7 +31,7 @@ TERMINAL = frozenset(
 #: Statuses of a step invocation whose result is not recorded (yet): running,
 #: waiting to run, or cancelled (one cancelled while the run executes here still
 #: runs until the run notices; a resume executes it again).
-UNFINISHED = frozenset({PENDING, ENQUEUED, WorkflowStatusString.DELAYED.value, CANCELLED})
+UNFINISHED = frozenset({PENDING, ENQUEUED, DELAYED, CANCELLED})
 
 
 class Choice(NamedTuple):

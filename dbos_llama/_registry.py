@@ -24,6 +24,7 @@ class DurableBinding(Protocol):
     name: str
     version: str
     queue: str | None
+    idle_release: float | None
     instance: Workflow | None
 
     def describe(self) -> str: ...

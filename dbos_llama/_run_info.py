@@ -10,7 +10,7 @@ from dbos import WorkflowStatus
 
 from . import _naming
 from ._history import jsonable, when
-from ._records import TERMINAL
+from ._records import CANCELLED, PENDING, TERMINAL
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class RunInfo:
     run_id: str
     #: The durable workflow's name (``module.QualName`` or ``@durable(name=...)``).
     workflow: str
-    #: DBOS status: PENDING, ENQUEUED, SUCCESS, ERROR, CANCELLED, ...
+    #: DBOS status: PENDING, ENQUEUED, SUCCESS, ERROR, CANCELLED, ... (a run
+    #: released while it waits reads PENDING, with `released` set).
     status: str
     created_at: datetime | None
     updated_at: datetime | None
@@ -35,6 +36,9 @@ class RunInfo:
     forked_from_step: str | None = None
     #: The handler ID of a run started through a `DurableWorkflowServer`.
     handler_id: str | None = None
+    #: Set while the run waits released from every worker's memory
+    #: (``@durable(idle_release=...)``): its event or timeout wakes it up.
+    released: bool = False
 
     @property
     def finished(self) -> bool:
@@ -57,8 +61,9 @@ class RunInfo:
         return data
 
 
-def run_info(status: WorkflowStatus) -> RunInfo | None:
-    """A `RunInfo` for a DBOS workflow status, or None if it is not a durable run."""
+def run_info(status: WorkflowStatus, released: bool = False) -> RunInfo | None:
+    """A `RunInfo` for a DBOS workflow status, or None if it is not a durable run.
+    ``released``: the run's release record says it is released (`_release`)."""
     name = status.name or ""
     if not name.startswith(_naming.NAME_PREFIX) or "/" in name[len(_naming.NAME_PREFIX) :]:
         return None
@@ -67,7 +72,8 @@ def run_info(status: WorkflowStatus) -> RunInfo | None:
     return RunInfo(
         run_id=status.workflow_id,
         workflow=name[len(_naming.NAME_PREFIX) :],
-        status=status.status,
+        status=PENDING if released and status.status == CANCELLED else status.status,
+        released=released and status.status == CANCELLED,
         created_at=when(status.created_at),
         updated_at=when(status.updated_at),
         error=None if status.error is None else f"{type(status.error).__name__}: {status.error}",

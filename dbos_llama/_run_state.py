@@ -33,6 +33,13 @@ logger = logging.getLogger("dbos_llama")
 CANCEL_POLL_SECONDS = 2.0
 
 
+class StreamMoved(Event):
+    """Told to a run's local stream subscribers when the run is released: the rest
+    of its stream is to be read from the database, from ``offset``."""
+
+    offset: int
+
+
 @dataclass
 class _Subscriber:
     loop: asyncio.AbstractEventLoop
@@ -125,6 +132,13 @@ class RunState:
     # The run's outcome as DBOS records it, awaited by every local waiter.
     outcome: asyncio.Future[StopEvent] | None = None
     start_task: asyncio.Task[Any] | None = None
+    # Seconds the run may wait idle before it is released from memory (`_release`),
+    # from its class's ``@durable(idle_release=...)``; None: it stays.
+    idle_release: float | None = None
+    # Set once the run's release has begun: its body ends without cancelling it.
+    releasing: bool = False
+    # Values the run's body has written to its DBOS stream (its next offset).
+    stream_length: int = 0
 
     @property
     def executing(self) -> bool:
@@ -205,6 +219,17 @@ class RunState:
         self.clock = started_at
         self.phase = Phase.LIVE if live else Phase.REPLAYING
         self._resume_real_time = None if live else time.time()
+
+    def continue_clock(self, offset: float) -> None:
+        """A released run woken again: its clock goes on as if it had waited here all
+        along (released time counts toward its timeouts; downtime does not)."""
+        self._clock_offset = offset
+        self._resume_real_time = None
+
+    def release_offset(self) -> float:
+        """The clock's offset to keep while the run is released (`continue_clock`)."""
+        self.live_clock()
+        return self._clock_offset
 
     def live_offset(self) -> float | None:
         """How far the run's clock lags the wall clock (its downtime), if the run

@@ -12,6 +12,7 @@ workflows that are not durable are stored as the server stores them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import re
@@ -33,7 +34,7 @@ from workflows.events import (
     WorkflowTimedOutEvent,
 )
 
-from . import _naming
+from . import _naming, _release
 from ._context import outside_workflow
 from ._patches import recorded_edits
 from ._records import CANCELLED, ERROR, SUCCESS, TERMINAL
@@ -60,9 +61,10 @@ class Outcome:
     error: str | None
 
 
-def outcome_of(status: WorkflowStatus) -> Outcome | None:
-    """The server's view of a finished run's DBOS status (None while it runs)."""
-    if status.status not in TERMINAL:
+def outcome_of(status: WorkflowStatus, released: Collection[str] = ()) -> Outcome | None:
+    """The server's view of a finished run's DBOS status (None while it runs, or
+    waits released from memory: its ID is in ``released``)."""
+    if status.status not in TERMINAL or status.workflow_id in released:
         return None
     if status.status == SUCCESS:
         output = status.output
@@ -153,9 +155,10 @@ class DurableRunsStore:
         }
         now = datetime.now(timezone.utc)
         parent: Any = super()
+        released = await _released(list(statuses.values()))
         for handler in handlers:
             status = statuses.get(handler.run_id or "")
-            outcome = outcome_of(status) if status is not None else None
+            outcome = outcome_of(status, released) if status is not None else None
             if outcome is None:
                 continue
             handler.status = outcome.status
@@ -176,7 +179,8 @@ class DurableRunsStore:
         start = 0 if after_sequence is None else after_sequence + 1
         # The status first: once it says the run ended, its stream is complete.
         status = await DBOS.get_workflow_status_async(run_id)
-        outcome = outcome_of(status) if status is not None else None
+        released = await _released([status] if status is not None else [])
+        outcome = outcome_of(status, released) if status is not None else None
         now = datetime.now(timezone.utc)
         events: list[Any] = []
         async for value in _stored_values(run_id, start):
@@ -189,6 +193,16 @@ class DurableRunsStore:
             if events or start == 0 or await _has_value(run_id, start - 1):
                 events.append(_stored(run_id, length, outcome.event, now))
         return events
+
+
+async def _released(statuses: list[WorkflowStatus]) -> set[str]:
+    """Which of the CANCELLED runs among ``statuses`` are released, not cancelled."""
+    releases = _release.local()
+    cancelled = [s.workflow_id for s in statuses if s.status == CANCELLED]
+    if releases is None or not cancelled:
+        return set()
+    states = await asyncio.to_thread(releases.states, cancelled)
+    return {run_id for run_id, state in states.items() if state in _release.RELEASED_STATES}
 
 
 def _stored(run_id: str, sequence: int, event: Any, when: datetime) -> Any:

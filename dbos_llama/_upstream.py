@@ -91,6 +91,39 @@ def system_database_url() -> str | None:
     return config.get("system_database_url") if isinstance(config, dict) else None
 
 
+def dbos_launched() -> bool:
+    """Whether this process's DBOS instance is launched (no public accessor:
+    ``_dbos_global_instance._launched``)."""
+    from dbos import _dbos
+
+    return bool(getattr(_dbos._dbos_global_instance, "_launched", False))
+
+
+def has_pending_message(engine: Any, workflow_id: str, topic: str) -> bool:
+    """Whether a message on ``topic`` waits, unconsumed, for ``workflow_id``. DBOS has
+    no public peek: this reads its ``notifications`` table (columns
+    ``destination_uuid``, ``topic``, ``consumed``), in the system schema on PostgreSQL
+    (``dbos_system_schema``, ``dbos`` by default)."""
+    import sqlalchemy as sa
+    from dbos import _dbos
+
+    if engine.dialect.name == "sqlite":
+        table = "notifications"
+    else:
+        config = getattr(_dbos._dbos_global_instance, "_config", None)
+        schema = (config.get("dbos_system_schema") if isinstance(config, dict) else None) or "dbos"
+        table = f'"{schema}".notifications'
+    with engine.begin() as c:
+        row = c.execute(
+            sa.text(
+                f"SELECT 1 FROM {table} WHERE destination_uuid = :id AND topic = :topic "
+                "AND NOT consumed LIMIT 1"
+            ),
+            {"id": workflow_id, "topic": topic},
+        ).first()
+    return row is not None
+
+
 # -- llama-agents-server (the `server` extra; imported only when it is used) -------------
 def server_handler_id() -> str | None:
     """The handler ID a `WorkflowServer` is starting a run for: the server tags the

@@ -506,3 +506,49 @@ class EvolvingBase(Workflow):
 FLOWS["evolving"] = importlib.import_module(
     os.environ.get("DBOS_LLAMA_EVOLVING", "tests.evolving_v1")
 ).Evolving
+
+
+#: How long the idle-release flows wait idle before they leave their worker's memory.
+IDLE_SECONDS = 1.0
+
+
+@durable(name="tests.IdleApproval", idle_release=IDLE_SECONDS)
+class IdleApproval(Workflow):
+    """Human in the loop, released from memory while it waits for the answer."""
+
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        step_started()
+        quote = await effect("quote")
+        return InputRequiredEvent(prefix=f"approve {quote} for {ev.customer}?")
+
+    @step
+    async def decide(self, ctx: Context, ev: HumanResponseEvent) -> StopEvent:
+        step_started()
+        mark(f"decided:{ev.response}")
+        ctx.write_event_to_stream(Progress(i=9))
+        return StopEvent(result=f"answer={ev.response}")
+
+
+@durable(name="tests.IdleDeadline", idle_release=IDLE_SECONDS)
+class IdleDeadline(Workflow):
+    """``ctx.wait_for_event`` with a timeout, released while it waits."""
+
+    @step
+    async def only(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        step_started()
+        quote = await effect("before-wait")
+        try:
+            answer = await ctx.wait_for_event(
+                HumanResponseEvent,
+                waiter_event=InputRequiredEvent(prefix=f"ok with {quote}?"),
+                timeout=ev.wait,
+            )
+        except asyncio.TimeoutError:
+            mark("timed-out")
+            return StopEvent(result=f"{quote}:timed-out")
+        return StopEvent(result=f"{quote}:{answer.response}")
+
+
+FLOWS["idle-approval"] = IdleApproval
+FLOWS["idle-deadline"] = IdleDeadline

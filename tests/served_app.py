@@ -87,6 +87,20 @@ class ServedReview(Workflow):
         return StopEvent(result=f"reviewed: {ev.response}")
 
 
+@durable(idle_release=1.0)
+class ServedIdleApproval(Workflow):
+    """A paid call, then a human's answer, released from memory while it waits."""
+
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        quote = await effect(f"quote:{ev.get('topic', 'it')}")
+        return InputRequiredEvent(prefix=f"approve {quote}?")
+
+    @step
+    async def decide(self, ev: HumanResponseEvent) -> StopEvent:
+        return StopEvent(result=f"answer={ev.response}")
+
+
 @durable
 class Slow(Workflow):
     """Waits (for a cancel or a timeout)."""
@@ -138,6 +152,7 @@ def build(db_url: str) -> DurableWorkflowServer:
     server.add_workflow("approval", ServedApproval(timeout=None))
     server.add_workflow("review", ServedReview(timeout=None))
     server.add_workflow("slow", Slow(timeout=None))
+    server.add_workflow("idle-approval", ServedIdleApproval(timeout=None))
     server.add_workflow("slow-timeout", Slow(timeout=1.0))
     server.add_workflow("failing", Failing(timeout=None))
     server.add_workflow("unstorable", WritesUnstorable(timeout=None))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import typing
 
-from dbos import DBOS
+import pytest
+from dbos import DBOS, SetWorkflowID
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 from workflows.runtime.types.results import AddWaiter
@@ -75,6 +76,56 @@ def test_system_database_url_is_found(tmp_path) -> None:
     finally:
         DBOS.destroy()
     assert up.system_database_url() is None
+
+
+def test_dbos_launched_follows_launch_and_destroy(tmp_path) -> None:
+    DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    try:
+        assert up.dbos_launched() is False
+        DBOS.launch()
+        assert up.dbos_launched() is True
+    finally:
+        DBOS.destroy()
+    assert up.dbos_launched() is False
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_pending_message_is_seen_in_dbos_notifications(
+    backend: str, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    """`has_pending_message` reads DBOS's ``notifications`` table (no public peek):
+    a message sent and not received yet is seen; once received, it is not."""
+    import sqlalchemy as sa
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_database")()
+
+    @DBOS.workflow(name=f"seam-recv-{backend}")
+    async def receiver() -> object:
+        return await DBOS.recv_async("topic", timeout_seconds=30)
+
+    DBOS(config=dbos_config(url))
+    DBOS.launch()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with SetWorkflowID("seam-recv"):
+            handle = await DBOS.start_workflow_async(receiver)
+        assert up.has_pending_message(engine, "seam-recv", "topic") is False
+        await DBOS.send_async("seam-recv", "hello", "topic")
+        # Received at once by the live receiver: wait for its result, then it is consumed.
+        assert await handle.get_result() == "hello"
+        assert up.has_pending_message(engine, "seam-recv", "topic") is False
+        with SetWorkflowID("seam-quiet"):
+            await DBOS.start_workflow_async(receiver)
+        await DBOS.cancel_workflow_async("seam-quiet")
+        await DBOS.send_async("seam-quiet", "unread", "topic")
+        assert up.has_pending_message(engine, "seam-quiet", "topic") is True
+        assert up.has_pending_message(engine, "seam-quiet", "other") is False
+    finally:
+        engine.dispose()
+        DBOS.destroy()
 
 
 # -- llama-agents-server (the `server` extra) ---------------------------------------------

@@ -1,0 +1,348 @@
+"""Idle release: the record of runs let go from memory while they wait, and their wake-up.
+
+A run that waits for its next event longer than its class's ``idle_release``
+leaves its worker's memory: its row here says so (state ``releasing``, then
+``released``), and its DBOS workflow is cancelled, which DBOS continues later from
+its checkpoints (``resume_workflow``). A sender, a due timeout (`Sweeper`) or an
+operator's resume wakes it: one of them *claims* the row (``released`` →
+``waking``, one conditional update, so exactly one resumes it), and the run's
+body deletes the row when it starts again. A cancel while released marks the row
+``cancelled``; the body that a racing wake-up starts then ends the run cancelled.
+
+Every step that could be cut by a crash leaves a row the sweep finishes: a
+``releasing`` row whose run is CANCELLED becomes ``released`` (and is woken if a
+message came meanwhile); a ``waking`` row whose run is still CANCELLED a while
+after its claim is claimed again and resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from dbos import DBOS
+
+from . import _naming, _upstream
+from ._records import CANCELLED, DELAYED, ENQUEUED, PENDING, TERMINAL
+from ._sysdb import SystemTable
+
+logger = logging.getLogger("dbos_llama")
+
+#: A row left ``releasing`` or ``waking`` this long (a crash cut its step) is
+#: finished by the sweep.
+STUCK_MS = 10_000
+#: How often each worker's sweep looks for released runs whose timeout is due.
+SWEEP_SECONDS = 2.0
+#: How often a caller awaiting a released run's result looks whether it woke up.
+RELEASED_POLL_SECONDS = 1.0
+#: DBOS statuses of a workflow that is executing or about to.
+ACTIVE = frozenset({PENDING, ENQUEUED, DELAYED})
+#: States in which a run is released (it reads as waiting, not CANCELLED).
+RELEASED_STATES = ("releasing", "released", "waking")
+
+
+class ReleaseTable(SystemTable):
+    """The rows of released runs, in database time."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(
+            url,
+            _naming.RELEASED_TABLE,
+            "run_id TEXT PRIMARY KEY, state TEXT NOT NULL, released_ms BIGINT NOT NULL, "
+            "wake_ms BIGINT, claimed_ms BIGINT, clock_offset DOUBLE PRECISION, "
+            "executor_id TEXT",
+        )
+        self._created = False
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    def ensure(self) -> ReleaseTable:
+        """The table, created on first use (by a process that releases runs)."""
+        with self._lock:
+            if not self._created:
+                self.create()
+                self._created = True
+        return self
+
+    def present(self) -> bool:
+        """Whether the table exists (no run was ever released without it). Senders
+        and readers ask this instead of creating it; a missing table is looked for
+        again at most once per `SWEEP_SECONDS`."""
+        with self._lock:
+            if self._created:
+                return True
+            if time.monotonic() - self._checked_at < SWEEP_SECONDS:
+                return False
+            self._checked_at = time.monotonic()
+            self._created = sa.inspect(self.engine).has_table(
+                self.bare, schema=None if self.sqlite else _naming.TABLE_SCHEMA
+            )
+            return self._created
+
+    # -- the released run's own process ------------------------------------------------
+    def begin(
+        self, run_id: str, wake_in: float | None, clock_offset: float, executor_id: str
+    ) -> None:
+        """Record that the run is being released; its timeout ends ``wake_in`` from now."""
+        wake = "NULL" if wake_in is None else f"{self.now} + :wake_in"
+        self.write(
+            f"INSERT INTO {self.name} (run_id, state, released_ms, wake_ms, claimed_ms, "
+            f"clock_offset, executor_id) VALUES (:id, 'releasing', {self.now}, {wake}, NULL, "
+            f":offset, :executor) ON CONFLICT (run_id) DO UPDATE SET state = 'releasing', "
+            f"released_ms = {self.now}, wake_ms = {wake}, claimed_ms = NULL, "
+            "clock_offset = :offset, executor_id = :executor",
+            id=run_id,
+            wake_in=None if wake_in is None else int(wake_in * 1000),
+            offset=clock_offset,
+            executor=executor_id,
+        )
+
+    def abandon(self, run_id: str) -> None:
+        """The release did not happen: the run goes on waiting in memory."""
+        self.write(f"DELETE FROM {self.name} WHERE run_id = :id AND state = 'releasing'", id=run_id)
+
+    def released(self, run_id: str) -> bool:
+        """The run's workflow has ended in memory: senders may now wake it."""
+        changed = self.write(
+            f"UPDATE {self.name} SET state = 'released' WHERE run_id = :id AND state = 'releasing'",
+            id=run_id,
+        )
+        return changed == 1
+
+    def take(self, run_id: str) -> dict[str, Any] | None:
+        """At the start of the run's body: its row (state, clock offset), deleted."""
+        found = self.rows(
+            f"DELETE FROM {self.name} WHERE run_id = :id RETURNING state, clock_offset",
+            id=run_id,
+        )
+        return found[0] if found else None
+
+    # -- wakers ---------------------------------------------------------------------------
+    def claim(self, run_id: str) -> bool:
+        """Take the right to resume the run (exactly one claimer wins)."""
+        changed = self.write(
+            f"UPDATE {self.name} SET state = 'waking', claimed_ms = {self.now} "
+            "WHERE run_id = :id AND state = 'released'",
+            id=run_id,
+        )
+        return changed == 1
+
+    def reclaim(self, run_id: str, claimed_ms: int) -> bool:
+        """Take over a claim whose claimer died before it resumed the run."""
+        changed = self.write(
+            f"UPDATE {self.name} SET claimed_ms = {self.now} WHERE run_id = :id "
+            "AND state = 'waking' AND claimed_ms = :claimed",
+            id=run_id,
+            claimed=claimed_ms,
+        )
+        return changed == 1
+
+    def cancel(self, run_id: str) -> bool:
+        """A cancel while released: the run is to end CANCELLED (True if it was released)."""
+        changed = self.write(
+            f"UPDATE {self.name} SET state = 'cancelled' WHERE run_id = :id",
+            id=run_id,
+        )
+        return changed == 1
+
+    def delete(self, run_id: str) -> None:
+        self.write(f"DELETE FROM {self.name} WHERE run_id = :id", id=run_id)
+
+    # -- readers --------------------------------------------------------------------------
+    def states(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """The release state of each of ``run_ids`` that has a row."""
+        ids = list(dict.fromkeys(run_ids))
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            params = {f"id{i}": run_id for i, run_id in enumerate(chunk)}
+            marks = ", ".join(f":{key}" for key in params)
+            for row in self.rows(
+                f"SELECT run_id, state FROM {self.name} WHERE run_id IN ({marks})", **params
+            ):
+                found[str(row["run_id"])] = str(row["state"])
+        return found
+
+    def due(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Rows the sweep acts on: a timeout that has ended, or a step a crash cut."""
+        return self.rows(
+            f"SELECT run_id, state, claimed_ms FROM {self.name} WHERE "
+            f"(state = 'released' AND wake_ms IS NOT NULL AND wake_ms <= {self.now}) OR "
+            f"(state = 'releasing' AND released_ms + {STUCK_MS} < {self.now}) OR "
+            f"(state = 'waking' AND claimed_ms + {STUCK_MS} < {self.now}) OR "
+            f"(state = 'cancelled' AND released_ms + {STUCK_MS} < {self.now}) "
+            f"ORDER BY wake_ms LIMIT {int(limit)}"
+        )
+
+
+class Releases:
+    """Release and wake-up of runs on one system database: ``resume`` is the DBOS
+    call that continues a workflow (`DBOS.resume_workflow` in a worker, the
+    `DBOSClient`'s in a client), ``status`` reads a workflow's DBOS status."""
+
+    def __init__(
+        self,
+        url: str,
+        resume: Callable[[str], Any],
+        status: Callable[[str], str | None],
+    ) -> None:
+        self.table = ReleaseTable(url)
+        self._resume = resume
+        #: The DBOS status of a workflow by ID (None if there is none).
+        self.status = status
+
+    def wake(self, run_id: str) -> bool:
+        """Resume the run if it is released and this call claims it (True then)."""
+        table = self.table
+        if not table.present() or not table.claim(run_id):
+            return False
+        self._resume(run_id)
+        logger.info("Run %r woke up: it continues from its checkpoints.", run_id)
+        return True
+
+    def wake_if_pending(self, run_id: str) -> bool:
+        """After a release: wake the run at once if an event reached it meanwhile."""
+        if _upstream.has_pending_message(self.table.engine, run_id, _naming.TICK_TOPIC):
+            return self.wake(run_id)
+        return False
+
+    def states(self, run_ids: Iterable[str]) -> dict[str, str]:
+        return self.table.states(run_ids) if self.table.present() else {}
+
+    def is_released(self, run_id: str) -> bool:
+        return self.states([run_id]).get(run_id) in RELEASED_STATES
+
+    def still_released(self, run_id: str) -> bool:
+        """Released and not woken yet (its workflow is still CANCELLED)."""
+        return self.is_released(run_id) and self.status(run_id) == CANCELLED
+
+    def cancel(self, run_id: str) -> bool:
+        """Mark a released run to end CANCELLED (True if it was released)."""
+        return self.table.present() and self.table.cancel(run_id)
+
+    def resume(self, run_id: str) -> None:
+        """An operator's resume: wake the run if released; else drop a cancel mark
+        left from its release (the resume supersedes it) and resume its workflow."""
+        if self.wake(run_id):
+            return
+        if self.table.present():
+            self.table.write(
+                f"DELETE FROM {self.table.name} WHERE run_id = :id AND state = 'cancelled'",
+                id=run_id,
+            )
+        self._resume(run_id)
+
+    def sweep(self) -> int:
+        """One pass: wake the runs whose timeout ended, finish steps a crash cut.
+        Returns how many runs it woke."""
+        woken = 0
+        table = self.table
+        if not table.present():
+            return 0
+        for row in table.due():
+            run_id, state = str(row["run_id"]), str(row["state"])
+            status = self.status(run_id)
+            if state == "released":
+                woken += self.wake(run_id)
+            elif status is None or status in TERMINAL and status != CANCELLED:
+                table.delete(run_id)  # the run has ended (or is gone): nothing to wake
+            elif status != CANCELLED:
+                continue  # executing or queued: its body deletes the row when it starts
+            elif state == "releasing":
+                # Cut after its workflow was cancelled: released now.
+                if table.released(run_id):
+                    woken += self.wake_if_pending(run_id)
+            elif state == "waking" and table.reclaim(run_id, int(row["claimed_ms"])):
+                self._resume(run_id)
+                woken += 1
+            elif state == "cancelled":
+                table.delete(run_id)
+        return woken
+
+
+async def wait_while_released(releases: Releases | None, run_id: str) -> bool:
+    """For a caller awaiting a CANCELLED run's result: wait while the run is
+    released, until something wakes it. False if it was not released (it was
+    really cancelled)."""
+    if releases is None or not await asyncio.to_thread(releases.is_released, run_id):
+        return False
+    while await asyncio.to_thread(releases.still_released, run_id):
+        await asyncio.sleep(RELEASED_POLL_SECONDS)
+    return True
+
+
+async def keep_following(releases: Releases | None, run_id: str) -> bool:
+    """For a reader of a run's live stream whose DBOS reader ended (DBOS ends it
+    when the workflow stops executing): whether to read on. Yes if the run is
+    executing again, or once it wakes up if it is released; no if it has ended."""
+    if releases is None:
+        return False
+    status = await asyncio.to_thread(releases.status, run_id)
+    if status in ACTIVE:
+        return True
+    return await wait_while_released(releases, run_id)
+
+
+def _dbos_status(run_id: str) -> str | None:
+    status = DBOS.get_workflow_status(run_id)
+    return None if status is None else status.status
+
+
+_local: list[tuple[str, Releases]] = []
+_local_lock = threading.Lock()
+
+
+def local() -> Releases | None:
+    """This worker's `Releases`, on its DBOS system database (None before launch)."""
+    if not _upstream.dbos_launched():
+        return None
+    url = _upstream.system_database_url()
+    if url is None:
+        return None
+    with _local_lock:
+        if _local and _local[0][0] == url:
+            return _local[0][1]
+        # DBOS was launched anew on another database: that one's connections go.
+        for _, previous in _local:
+            previous.table.dispose()
+        releases = Releases(url, DBOS.resume_workflow, _dbos_status)
+        _local[:] = [(url, releases)]
+    return releases
+
+
+class Sweeper:
+    """One daemon thread per process that runs `Releases.sweep` every
+    `SWEEP_SECONDS` while DBOS is launched."""
+
+    def __init__(self, releases: Callable[[], Releases | None]) -> None:
+        self._releases = releases
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="dbos-llama-release-sweep", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            releases = self._releases()
+            if releases is None:
+                continue
+            try:
+                releases.sweep()
+            except Exception as error:  # the database may be briefly away
+                logger.warning("The idle-release sweep failed (%s); it tries again.", error)
+
+
+#: The process's sweep (started by the first run of a class with ``idle_release``).
+sweeper = Sweeper(local)

@@ -1,0 +1,42 @@
+"""Kill this process inside idle release: ``python -m tests.idle_crash WHERE ARGS...``.
+
+``release DB FLOW RUN_ID JSON``: run a flow (as `tests.driver`) and die right after
+the idle run's DBOS workflow was cancelled, before its release is recorded as done.
+``wake DB RUN_ID RESPONSE``: send the answer (as `tests.sender`) and die right after
+claiming the released run, before resuming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+from dbos_llama import _release
+
+
+def _die(*args: object, **kwargs: object) -> bool:
+    os._exit(137)
+
+
+def _claim_then_die(self: _release.ReleaseTable, run_id: str) -> bool:
+    claimed = _real_claim(self, run_id)
+    print(f"CLAIMED {claimed}", flush=True)
+    os._exit(137)
+
+
+_real_claim = _release.ReleaseTable.claim
+
+if __name__ == "__main__":
+    where, args = sys.argv[1], sys.argv[2:]
+    if where == "release":
+        _release.ReleaseTable.released = _die  # type: ignore[method-assign]
+        from tests import driver
+
+        asyncio.run(driver.main(args[0], args[1], args[2], json.loads(args[3])))
+    else:
+        _release.ReleaseTable.claim = _claim_then_die  # type: ignore[method-assign]
+        from tests import sender
+
+        asyncio.run(sender.main(*args))
