@@ -26,6 +26,7 @@ from . import _naming, _release
 from ._context import invocation_var, outside_workflow
 from ._decisions import Decisions
 from ._mailbox import Mailbox
+from ._release_run import local
 from ._run_state import RunState, StreamMoved, _runs, forget_run
 from ._serialization import ensure_serializable
 from ._upstream import awaited_event_types
@@ -48,7 +49,7 @@ async def read_run_stream(run_id: str, offset: int = 0) -> AsyncGenerator[Event,
             yield event
         # DBOS ended the reader: the run ended, or was released (read on once it
         # wakes up).
-        if not await _release.keep_following(_release.local(), run_id):
+        if not await _release.keep_following(local(), run_id):
             return
 
 
@@ -148,7 +149,7 @@ async def cancel_run_by_id(run_id: str) -> None:
     """Mark a run and its unfinished steps CANCELLED in the database; a process
     executing it notices within `CANCEL_POLL_SECONDS` and stops. A released run
     stops reading as waiting."""
-    releases = _release.local()
+    releases = local()
     if releases is not None:
         await asyncio.to_thread(releases.cancel, run_id)
     await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
@@ -156,7 +157,7 @@ async def cancel_run_by_id(run_id: str) -> None:
 
 async def wake_released(run_id: str) -> None:
     """After an event was sent to ``run_id``: resume it if it is released."""
-    releases = _release.local()
+    releases = local()
     if releases is not None:
         await asyncio.to_thread(releases.wake, run_id)
 
@@ -268,7 +269,7 @@ class DBOSExternalAdapter(ExternalRunAdapter):
                 )
                 return stop
             except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
-                if not await _release.wait_while_released(_release.local(), run.run_id):
+                if not await _release.wait_while_released(local(), run.run_id):
                     raise WorkflowCancelledByUser() from cancelled
             # Released, then woken: await the execution that continues it.
             handle = await DBOS.retrieve_workflow_async(run.run_id)

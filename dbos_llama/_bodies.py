@@ -28,8 +28,7 @@ from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
 from ._records import CANCELLED, step_rows
 from ._registry import DurableBinding
-from ._release import sweeper
-from ._release_run import finish_release, take_up
+from ._release_run import finish_release, sweeper, take_up
 from ._run_state import RunState, StreamMoved, forget_run, run_state
 from ._runtime import dbos_runtime
 from ._serialization import ensure_serializable, storable_exception, with_storable_exception
@@ -103,6 +102,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             forget_run(run_id, run)
             if run.releasing:
                 run.publish(StreamMoved(offset=run.stream_length))
+                run.events.clear()  # a caller's handler may hold the state for long
                 await finish_release(run_id)
             elif leftovers and not lease.is_stale(run.generation):
                 await _cancel_outside_workflow(leftovers)

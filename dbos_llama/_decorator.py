@@ -16,7 +16,7 @@ from workflows.workflow import Workflow
 from . import _naming
 from ._binding import Binding
 from ._registry import BINDING_ATTR, binding_of
-from ._release import sweeper
+from ._release_run import sweeper
 from ._runtime import dbos_runtime, runs_on_dbos
 from ._upstream import SWITCH_RUNTIME, copy_step_functions
 from .errors import (

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
-from dbos import DBOS
 
 from . import _naming, _upstream
 from ._records import CANCELLED, DELAYED, ENQUEUED, PENDING, TERMINAL
@@ -195,6 +194,8 @@ class Releases:
         self._resume = resume
         #: The DBOS status of a workflow by ID (None if there is none).
         self.status = status
+        #: Callers awaiting released runs until they wake up.
+        self.watch = WakeWatch(self)
 
     def wake(self, run_id: str) -> bool:
         """Resume the run if it is released and this call claims it (True then)."""
@@ -216,10 +217,6 @@ class Releases:
 
     def is_released(self, run_id: str) -> bool:
         return self.states([run_id]).get(run_id) in RELEASED_STATES
-
-    def still_released(self, run_id: str) -> bool:
-        """Released and not woken yet (its workflow is still CANCELLED)."""
-        return self.is_released(run_id) and self.status(run_id) == CANCELLED
 
     def cancel(self, run_id: str) -> bool:
         """Mark a released run to end CANCELLED (True if it was released)."""
@@ -265,14 +262,73 @@ class Releases:
         return woken
 
 
+class WakeWatch:
+    """Callers awaiting released runs (their result, their stream) until the runs
+    wake up: one thread, one query every `RELEASED_POLL_SECONDS` for all of them."""
+
+    def __init__(self, releases: Releases) -> None:
+        self._releases = releases
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._thread: threading.Thread | None = None
+
+    async def until_woken(self, run_id: str) -> None:
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            self._waiting.setdefault(run_id, []).append(entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._poll, name="dbos-llama-wake-watch", daemon=True
+                )
+                self._thread.start()
+        try:
+            await entry[1].wait()
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(run_id, [])
+                if entry in waiters:
+                    waiters.remove(entry)
+                if not waiters:
+                    self._waiting.pop(run_id, None)
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(RELEASED_POLL_SECONDS)
+            with self._lock:
+                if not self._waiting:
+                    self._thread = None  # a later wait starts a new one
+                    return
+                run_ids = list(self._waiting)
+            try:
+                woken = self._woken(run_ids)
+            except Exception:  # the database briefly away: look again next time
+                continue
+            with self._lock:
+                entries = [e for run_id in woken for e in self._waiting.get(run_id, [])]
+            for loop, event in entries:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(event.set)
+
+    def _woken(self, run_ids: list[str]) -> list[str]:
+        states = self._releases.table.states(run_ids)
+        woken = []
+        for run_id in run_ids:
+            state = states.get(run_id)
+            if state in ("releasing", "released"):
+                continue
+            if state == "waking" and self._releases.status(run_id) == CANCELLED:
+                continue  # claimed, not resumed yet (or its claimer died: the sweep)
+            woken.append(run_id)
+        return woken
+
+
 async def wait_while_released(releases: Releases | None, run_id: str) -> bool:
     """For a caller awaiting a CANCELLED run's result: wait while the run is
     released, until something wakes it. False if it was not released (it was
     really cancelled)."""
     if releases is None or not await asyncio.to_thread(releases.is_released, run_id):
         return False
-    while await asyncio.to_thread(releases.still_released, run_id):
-        await asyncio.sleep(RELEASED_POLL_SECONDS)
+    await releases.watch.until_woken(run_id)
     return True
 
 
@@ -286,63 +342,3 @@ async def keep_following(releases: Releases | None, run_id: str) -> bool:
     if status in ACTIVE:
         return True
     return await wait_while_released(releases, run_id)
-
-
-def _dbos_status(run_id: str) -> str | None:
-    status = DBOS.get_workflow_status(run_id)
-    return None if status is None else status.status
-
-
-_local: list[tuple[str, Releases]] = []
-_local_lock = threading.Lock()
-
-
-def local() -> Releases | None:
-    """This worker's `Releases`, on its DBOS system database (None before launch)."""
-    if not _upstream.dbos_launched():
-        return None
-    url = _upstream.system_database_url()
-    if url is None:
-        return None
-    with _local_lock:
-        if _local and _local[0][0] == url:
-            return _local[0][1]
-        # DBOS was launched anew on another database: that one's connections go.
-        for _, previous in _local:
-            previous.table.dispose()
-        releases = Releases(url, DBOS.resume_workflow, _dbos_status)
-        _local[:] = [(url, releases)]
-    return releases
-
-
-class Sweeper:
-    """One daemon thread per process that runs `Releases.sweep` every
-    `SWEEP_SECONDS` while DBOS is launched."""
-
-    def __init__(self, releases: Callable[[], Releases | None]) -> None:
-        self._releases = releases
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="dbos-llama-release-sweep", daemon=True
-                )
-                self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(SWEEP_SECONDS)
-            releases = self._releases()
-            if releases is None:
-                continue
-            try:
-                releases.sweep()
-            except Exception as error:  # the database may be briefly away
-                logger.warning("The idle-release sweep failed (%s); it tries again.", error)
-
-
-#: The process's sweep (started by the first run of a class with ``idle_release``).
-sweeper = Sweeper(local)

@@ -5,14 +5,77 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from dbos import DBOS
 
-from . import _registry, _release
+from . import _registry, _release, _upstream
 from ._context import outside_workflow
 from ._run_state import RunState
 
 logger = logging.getLogger("dbos_llama")
+
+
+def _dbos_status(run_id: str) -> str | None:
+    status = DBOS.get_workflow_status(run_id)
+    return None if status is None else status.status
+
+
+_local: list[tuple[str, _release.Releases]] = []
+_local_lock = threading.Lock()
+
+
+def local() -> _release.Releases | None:
+    """This worker's `Releases`, on its DBOS system database (None before launch)."""
+    if not _upstream.dbos_launched():
+        return None
+    url = _upstream.system_database_url()
+    if url is None:
+        return None
+    with _local_lock:
+        if _local and _local[0][0] == url:
+            return _local[0][1]
+        # DBOS was launched anew on another database: that one's connections go.
+        for _, previous in _local:
+            previous.table.dispose()
+        releases = _release.Releases(url, DBOS.resume_workflow, _dbos_status)
+        _local[:] = [(url, releases)]
+    return releases
+
+
+class Sweeper:
+    """One daemon thread per process that runs `_release.Releases.sweep` every
+    `_release.SWEEP_SECONDS` while DBOS is launched."""
+
+    def __init__(self, releases: Callable[[], _release.Releases | None]) -> None:
+        self._releases = releases
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="dbos-llama-release-sweep", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(_release.SWEEP_SECONDS)
+            releases = self._releases()
+            if releases is None:
+                continue
+            try:
+                releases.sweep()
+            except Exception as error:  # the database may be briefly away
+                logger.warning("The idle-release sweep failed (%s); it tries again.", error)
+
+
+#: The process's sweep (started by the first run of a class with ``idle_release``).
+sweeper = Sweeper(local)
 
 
 class Released(BaseException):
@@ -25,7 +88,7 @@ async def release(run: RunState, wake_in: float | None) -> None:
     """Release ``run`` (idle in its mailbox): record it, cancel its DBOS workflow and
     raise `Released`. Returns, the run staying in memory, if the release cannot be
     recorded (no launched DBOS, the database briefly away)."""
-    releases = _release.local()
+    releases = local()
     if releases is None:
         return
     run_id = run.run_id
@@ -53,7 +116,7 @@ async def release(run: RunState, wake_in: float | None) -> None:
 async def finish_release(run_id: str) -> None:
     """After the released run's body ended: open it to wake-ups, and wake it at once
     if an event reached its mailbox during the release."""
-    releases = _release.local()
+    releases = local()
     if releases is None:
         return
     try:
@@ -69,7 +132,7 @@ async def take_up(run: RunState) -> bool:
     """At the start of a body that this process did not start: if the run was
     released, delete its record and continue its clock. Returns False if it was
     cancelled while released (the body then ends it CANCELLED)."""
-    releases = _release.local()
+    releases = local()
     if releases is None:
         return True
     found = await asyncio.to_thread(releases.table.ensure().take, run.run_id)

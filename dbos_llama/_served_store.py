@@ -38,6 +38,7 @@ from . import _naming, _release
 from ._context import outside_workflow
 from ._patches import recorded_edits
 from ._records import CANCELLED, ERROR, SUCCESS, TERMINAL
+from ._release_run import local
 from ._run_state import _runs
 from ._state import DurableStateStore
 from ._upstream import postgres_workflow_store_class, stored_event_class
@@ -197,7 +198,7 @@ class DurableRunsStore:
 
 async def _released(statuses: list[WorkflowStatus]) -> set[str]:
     """Which of the CANCELLED runs among ``statuses`` are released, not cancelled."""
-    releases = _release.local()
+    releases = local()
     cancelled = [s.workflow_id for s in statuses if s.status == CANCELLED]
     if releases is None or not cancelled:
         return set()

@@ -16,7 +16,7 @@ from workflows.errors import WorkflowCancelledByUser
 from workflows.events import HumanResponseEvent
 
 from dbos_llama import DurableClient, RunInfo
-from dbos_llama._release import local
+from dbos_llama._release_run import local
 from tests.conftest import ROOT, _driver_env, read_log, snapshot, start_driver
 from tests.flows import IdleApproval, IdleDeadline
 from tests.test_cli import cli
