@@ -269,9 +269,16 @@ class DBOSExternalAdapter(ExternalRunAdapter):
                 )
                 return stop
             except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
-                if not await _release.wait_while_released(local(), run.run_id):
-                    raise WorkflowCancelledByUser() from cancelled
-            # Released, then woken: await the execution that continues it.
+                ended = cancelled
+            releases = local()
+            if releases is None or not await asyncio.to_thread(releases.is_released, run.run_id):
+                raise WorkflowCancelledByUser() from ended
+            # Released. Its wait (maybe days) keeps nothing of the execution that
+            # ended: not its error, its frames or its task.
+            del ended, handle
+            run.start_task = None
+            await releases.watch.until_woken(run.run_id)
+            # Woken: await the execution that continues it.
             handle = await DBOS.retrieve_workflow_async(run.run_id)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:

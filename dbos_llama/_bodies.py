@@ -77,18 +77,16 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         except BaseException as error:
             if lease.is_stale(run.generation):
                 raise _taken_over(run_id) from None
-            if run.releasing:
-                # Released while idle: this execution ends; a wake-up resumes the run.
-                ended = dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was released")
-                raise ended from None
-            if not await _was_cancelled(run_id, error):
-                raise
-            # Cancelled by handler.cancel_run() (an in-process request) or by run
-            # ID (DBOS status): the run and its unfinished steps end CANCELLED.
-            _registry.cancelled_runs.add(run_id)
-            logger.info("Run %r of %r was cancelled.", run_id, binding.name)
-            await cancel_run_by_id(run_id)
-            raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was cancelled") from error
+            if not run.releasing:  # (released while idle: it ends below)
+                if not await _was_cancelled(run_id, error):
+                    raise
+                # Cancelled by handler.cancel_run() (an in-process request) or by run
+                # ID (DBOS status): the run and its unfinished steps end CANCELLED.
+                _registry.cancelled_runs.add(run_id)
+                logger.info("Run %r of %r was cancelled.", run_id, binding.name)
+                await cancel_run_by_id(run_id)
+                cancelled = f"Run {run_id!r} was cancelled"
+                raise dbos_error.DBOSWorkflowCancelledError(cancelled) from error
         else:
             # No close of the stream: it ends with the StopEvent, and DBOS ends
             # its readers when the run's workflow ends.
@@ -103,9 +101,13 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             if run.releasing:
                 run.publish(StreamMoved(offset=run.stream_length))
                 run.events.clear()  # a caller's handler may hold the state for long
-                await finish_release(run_id)
+                await finish_release(run)
             elif leftovers and not lease.is_stale(run.generation):
                 await _cancel_outside_workflow(leftovers)
+        # Released: this execution ends, and a wake-up resumes the run. Raised out
+        # here, the error carries no traceback of the run's control loop (a caller
+        # holding the run's handler would keep all of it in memory).
+        raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was released")
 
     run_body.__qualname__ = f"run[{binding.name}]"
     return run_body

@@ -138,17 +138,22 @@ class Decisions:
         loop = asyncio.get_running_loop()
         began = loop.time()
         remaining = None if timeout is None else max(0.0, timeout - self._run.elapsed_since_clock())
-        window = idle_release if remaining is None else min(idle_release, remaining)
-        arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
-        try:
-            done, _ = await asyncio.wait(
-                [pull, arrived], timeout=window, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            arrived.cancel()
-        if not done and (remaining is None or remaining > idle_release):
-            wake_in = None if remaining is None else remaining - idle_release
-            await release(self._run, wake_in)  # raises Released, or returns (kept here)
+        while True:
+            left = None if remaining is None else remaining - (loop.time() - began)
+            window = idle_release if left is None else max(0.0, min(idle_release, left))
+            arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [pull, arrived], timeout=window, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                arrived.cancel()
+            if done or (left is not None and left <= idle_release):
+                break  # its event came, or its deadline comes first
+            wake_in = None if left is None else left - idle_release
+            # Raises Released; returns if the release could not be recorded (the
+            # database briefly away), and is tried again after another idle spell.
+            await release(self._run, wake_in)
         if remaining is None:
             return None
         return max(0.0, remaining - (loop.time() - began))

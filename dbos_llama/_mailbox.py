@@ -109,6 +109,7 @@ class Mailbox:
         finally:
             watcher.remove_done_callback(interrupt)
             watcher.cancel()
+        self._run.receives += 1
         if message is None:
             return WaitResultTimeout()
         if not isinstance(message, TICK_TYPES) and not envelope.is_envelope(message):

@@ -83,6 +83,10 @@ class StateWrite(NamedTuple):
         return cls(int(seq), patch)
 
 
+#: DBOS's name for a completed ``recv`` in a workflow's recorded operations.
+RECV_STEP = "DBOS.recv"
+
+
 @dataclass(frozen=True)
 class StepRow:
     """One recorded operation of a DBOS workflow (a `dbos.StepInfo` row)."""
@@ -123,6 +127,11 @@ class StepRow:
             return None
         write = StateWrite.read(self.output)
         return write if write.patch else None
+
+    @property
+    def is_receive(self) -> bool:
+        """A completed DBOS ``recv`` (the run's mailbox)."""
+        return self.name == RECV_STEP
 
     def is_replayable_call(self) -> bool:
         """A completed durable call inside step code (`@durable_step`, ``now()``, an

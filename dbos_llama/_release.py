@@ -156,15 +156,15 @@ class ReleaseTable(SystemTable):
     def states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """The release state of each of ``run_ids`` that has a row."""
         ids = list(dict.fromkeys(run_ids))
+        # One statement for any number of IDs (an "expanding" parameter), so the
+        # engine caches one compiled form, not one per count.
+        query = sa.text(f"SELECT run_id, state FROM {self.name} WHERE run_id IN :ids")
+        query = query.bindparams(sa.bindparam("ids", expanding=True))
         found: dict[str, str] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            params = {f"id{i}": run_id for i, run_id in enumerate(chunk)}
-            marks = ", ".join(f":{key}" for key in params)
-            for row in self.rows(
-                f"SELECT run_id, state FROM {self.name} WHERE run_id IN ({marks})", **params
-            ):
-                found[str(row["run_id"])] = str(row["state"])
+        with self.engine.begin() as c:
+            for start in range(0, len(ids), 500):
+                for row in c.execute(query, {"ids": ids[start : start + 500]}).mappings():
+                    found[str(row["run_id"])] = str(row["state"])
         return found
 
     def due(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -251,9 +251,12 @@ class Releases:
             elif status != CANCELLED:
                 continue  # executing or queued: its body deletes the row when it starts
             elif state == "releasing":
-                # Cut after its workflow was cancelled: released now.
+                # Cut after its workflow was cancelled (the releaser died, or could
+                # not finish): released now, and woken, since a receive may have
+                # taken its event during the release (it then waits, and is
+                # released, again).
                 if table.released(run_id):
-                    woken += self.wake_if_pending(run_id)
+                    woken += self.wake(run_id)
             elif state == "waking" and table.reclaim(run_id, int(row["claimed_ms"])):
                 self._resume(run_id)
                 woken += 1

@@ -13,6 +13,7 @@ from dbos import DBOS
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
+from ._records import step_rows
 from ._run_state import RunState
 
 logger = logging.getLogger("dbos_llama")
@@ -93,11 +94,14 @@ async def release(run: RunState, wake_in: float | None) -> None:
         return
     run_id = run.run_id
     offset = run.release_offset()
+    # The mailbox's receive has not returned (the caller looked): any receive
+    # recorded beyond these completed while the run was being released.
+    expected = run.receives
     try:
         table = await asyncio.to_thread(releases.table.ensure)
         await asyncio.to_thread(table.begin, run_id, wake_in, offset, DBOS.executor_id)
     except Exception as error:
-        logger.warning("Run %r could not be released (%s); it waits in memory.", run_id, error)
+        logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
         return
     run.releasing = True
     try:
@@ -105,24 +109,35 @@ async def release(run: RunState, wake_in: float | None) -> None:
         await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id))
     except Exception as error:
         run.releasing = False
-        logger.warning("Run %r could not be released (%s); it waits in memory.", run_id, error)
+        logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
         await asyncio.to_thread(table.abandon, run_id)
         return
+    # A receive that took its message before the cancel is recorded (after it, DBOS's
+    # ownership check refuses the consume, and the message stays for the wake-up).
+    try:
+        steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, run_id))
+        run.wake_after_release = sum(row.is_receive for row in step_rows(steps)) > expected
+    except Exception:  # cannot tell: wake it (it then waits, and is released, again)
+        run.wake_after_release = True
     # DBOS's own warning about the cancelled execution is noise here.
     _registry.cancelled_runs.add(run_id)
     raise Released()
 
 
-async def finish_release(run_id: str) -> None:
+async def finish_release(run: RunState) -> None:
     """After the released run's body ended: open it to wake-ups, and wake it at once
     if an event reached its mailbox during the release."""
     releases = local()
     if releases is None:
         return
+    run_id = run.run_id
     try:
         if await asyncio.to_thread(releases.table.released, run_id):
             logger.info("Run %r is idle: released from memory until its event comes.", run_id)
-            await asyncio.to_thread(releases.wake_if_pending, run_id)
+            if run.wake_after_release:
+                await asyncio.to_thread(releases.wake, run_id)
+            else:
+                await asyncio.to_thread(releases.wake_if_pending, run_id)
     except Exception as error:
         # The sweep finishes it (a `releasing` row of a CANCELLED run).
         logger.warning("Run %r: finishing its release failed (%s); the sweep will.", run_id, error)

@@ -139,6 +139,12 @@ class RunState:
     releasing: bool = False
     # Values the run's body has written to its DBOS stream (its next offset).
     stream_length: int = 0
+    # DBOS receives of the run's mailbox that returned in this execution (replayed
+    # or live): equal to the recorded receives, except for one that completed
+    # while the run was being released (`_release_run.release`).
+    receives: int = 0
+    # Set when a receive completed during the run's release: woken at once.
+    wake_after_release: bool = False
 
     @property
     def executing(self) -> bool:

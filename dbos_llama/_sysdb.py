@@ -26,7 +26,8 @@ class SystemTable:
         self.engine = (
             sa.create_engine(parsed, pool_size=2, max_overflow=2, pool_pre_ping=True)
             if not self.sqlite
-            else sa.create_engine(parsed)
+            # SQLite: wait for DBOS's writers instead of failing ("database is locked").
+            else sa.create_engine(parsed, connect_args={"timeout": 30})
         )
         self._columns = columns
         if self.sqlite:

@@ -16,7 +16,10 @@ from workflows.errors import WorkflowCancelledByUser
 from workflows.events import HumanResponseEvent
 
 from dbos_llama import DurableClient, RunInfo
+from dbos_llama._naming import TICK_TOPIC
+from dbos_llama._release import ReleaseTable
 from dbos_llama._release_run import local
+from dbos_llama._upstream import has_pending_message
 from tests.conftest import ROOT, _driver_env, read_log, snapshot, start_driver
 from tests.flows import IdleApproval, IdleDeadline
 from tests.test_cli import cli
@@ -245,3 +248,35 @@ async def test_streams_go_on_across_a_release(dbos_app: str) -> None:
 
 async def _collect(events: Any) -> list[Any]:
     return [event async for event in events]
+
+
+async def test_an_answer_taken_during_the_release_is_not_lost(
+    dbos_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's receive takes the answer after its release began, before its
+    workflow is cancelled: the release goes on, and the run is woken at once."""
+    real_begin = ReleaseTable.begin
+    releases = local()
+    assert releases is not None
+
+    def begin_then_answer(self: ReleaseTable, run_id: str, *args: Any) -> None:
+        real_begin(self, run_id, *args)
+        if run_id != "idle-race":
+            return
+
+        async def answer() -> None:
+            async with DurableClient(dbos_app) as client:
+                await client.send_event(run_id, HumanResponseEvent(response="raced"))
+
+        asyncio.run(answer())
+        deadline = time.monotonic() + 10
+        while has_pending_message(releases.table.engine, run_id, TICK_TOPIC):
+            assert time.monotonic() < deadline, "the live receive never took the answer"
+            time.sleep(0.05)
+
+    monkeypatch.setattr(ReleaseTable, "begin", begin_then_answer)
+    handler = IdleApproval(timeout=None).run(run_id="idle-race", customer="ivy")
+    assert await asyncio.wait_for(handler, 30) == "answer=raced"
+    async with DurableClient(dbos_app) as client:
+        steps = [s.step for s in await client.steps("idle-race")]
+    assert steps.count("ask") == 1
