@@ -32,6 +32,27 @@ def test_recorded_names_never_change() -> None:
     assert _naming.step_workflow_name("app.Orders", "draft") == "llama:app.Orders/draft"
     assert _naming.step_invocation_id("order-42", "draft", 3) == "order-42/draft/3"
     assert _naming.send_idempotency_key("order-42/draft/3", 1) == "order-42/draft/3/send/1"
+    # The library's tables in the system database (fleet leases, released runs).
+    assert _naming.TABLE_SCHEMA == "dbos_llama"
+    assert _naming.FLEET_TABLE == "workers"
+    assert _naming.RELEASED_TABLE == "released"
+
+
+def test_release_rows_keep_their_columns(tmp_path) -> None:
+    """A released run's row, as an older worker wrote it, is read by this one."""
+    from dbos_llama._release import ReleaseTable
+
+    table = ReleaseTable(f"sqlite:///{tmp_path / 'db.sqlite'}").ensure()
+    try:
+        table.write(
+            f"INSERT INTO {table.name} (run_id, state, released_ms, wake_ms, claimed_ms, "
+            "clock_offset, executor_id) VALUES ('r', 'released', 1, NULL, NULL, 0.5, 'w1')"
+        )
+        assert table.states(["r", "other"]) == {"r": "released"}
+        assert table.claim("r") is True and table.claim("r") is False
+        assert table.take("r") == {"state": "waking", "clock_offset": 0.5}
+    finally:
+        table.dispose()
 
 
 def test_step_outcome_keeps_its_recorded_path_and_fields() -> None:
