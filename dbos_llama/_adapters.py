@@ -151,15 +151,17 @@ async def cancel_run_by_id(run_id: str) -> None:
     stops reading as waiting."""
     releases = local()
     if releases is not None:
-        await asyncio.to_thread(releases.cancel, run_id)
+        await outside_workflow(functools.partial(releases.cancel, run_id))
     await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
+    if releases is not None:  # a release that began before the cancel: cancelled too
+        await outside_workflow(functools.partial(releases.cancel, run_id))
 
 
 async def wake_released(run_id: str) -> None:
     """After an event was sent to ``run_id``: resume it if it is released."""
     releases = local()
     if releases is not None:
-        await asyncio.to_thread(releases.wake, run_id)
+        await outside_workflow(functools.partial(releases.wake, run_id))
 
 
 async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
@@ -271,7 +273,9 @@ class DBOSExternalAdapter(ExternalRunAdapter):
             except dbos_error.DBOSAwaitedWorkflowCancelledError as cancelled:
                 ended = cancelled
             releases = local()
-            if releases is None or not await asyncio.to_thread(releases.is_released, run.run_id):
+            if releases is None or not await outside_workflow(
+                functools.partial(releases.is_released, run.run_id)
+            ):
                 raise WorkflowCancelledByUser() from ended
             # Released. Its wait (maybe days) keeps nothing of the execution that
             # ended: not its error, its frames or its task.

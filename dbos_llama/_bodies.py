@@ -61,7 +61,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         await binding.hold_if_other_version(run_id, version)
         workflow = run.instance = run.instance or await binding.instance_for(run_id)
         run.start_clock(started_at, live)
-        run.idle_release = binding.idle_release
+        run.idle_release, run.queue_name = binding.idle_release, binding.queue
         if run.idle_release is not None:
             sweeper.start()
             if not run.started_here and not await take_up(run):

@@ -384,6 +384,8 @@ class DurableClient:
         # CANCELLED even if a wake-up races with this.
         await asyncio.to_thread(self._releases.cancel, run_id)
         await self._dbos.cancel_workflow_async(run_id, cancel_children=True)
+        # Again: a release that began before the cancel reached the run ends cancelled.
+        await asyncio.to_thread(self._releases.cancel, run_id)
         return True
 
     async def resume(self, run_id: str) -> None:

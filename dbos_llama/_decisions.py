@@ -20,6 +20,7 @@ from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
 from ._release_run import release
 from ._run_state import RunState
+from ._upstream import current_function_id
 
 
 def result_of(task: asyncio.Task[Any]) -> Any:
@@ -75,8 +76,9 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
-        if pull is not None and len(tasks) == 1 and self._run.idle_release is not None:
-            # Only the mailbox is awaited: the run is idle, and may be released.
+        if pull is not None and len(tasks) == 1 and self._idle_here():
+            # Only the mailbox is awaited, live: the run is idle, and may be released.
+            assert self._run.idle_release is not None
             timeout = await self._idle(tasks[0], timeout, self._run.idle_release)
         number = self._waits
         self._waits += 1
@@ -128,6 +130,14 @@ class Decisions:
                 await asyncio.wait([completed])
             await self._let_siblings_finish_recording(completed, tasks)
         return WaitForNextTaskResult(completed, started)
+
+    def _idle_here(self) -> bool:
+        """Whether this wait may release the run: its class has ``idle_release`` and
+        the wait is past the run's recorded decisions (a replayed wait is not idle)."""
+        if self._run.idle_release is None:
+            return False
+        function_id = current_function_id()
+        return function_id is None or function_id > self._run.last_recorded_decision
 
     async def _idle(
         self, pull: asyncio.Task[Any], timeout: float | None, idle_release: float

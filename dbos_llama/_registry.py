@@ -125,6 +125,9 @@ class _UnregisteredWorkflowHint(logging.Filter):
 cancelled_runs: set[str] = set()
 
 
+_CANCELLED_DURING = re.compile(r"Workflow (.+?) was cancelled during execution")
+
+
 class _CancelledRunQuiet(logging.Filter):
     """Drops DBOS's traceback and warning for a run that ended because we cancelled
     it: a cancelled run is a normal ending, and dbos_llama logs it at INFO."""
@@ -133,11 +136,8 @@ class _CancelledRunQuiet(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and getattr(exc, "workflow_id", None) in cancelled_runs:
             return False
-        message = record.getMessage()
-        return not any(
-            f"Workflow {run_id} was cancelled during execution" in message
-            for run_id in cancelled_runs
-        )
+        found = _CANCELLED_DURING.search(record.getMessage())
+        return found is None or found.group(1) not in cancelled_runs
 
 
 def install_log_filters() -> None:

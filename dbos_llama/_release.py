@@ -35,6 +35,9 @@ logger = logging.getLogger("dbos_llama")
 #: A row left ``releasing`` or ``waking`` this long (a crash cut its step) is
 #: finished by the sweep.
 STUCK_MS = 10_000
+#: A released run with an unread event this long after its release (its sender
+#: died before waking it, or could not) is woken by the sweep.
+UNREAD_MS = 5_000
 #: How often each worker's sweep looks for released runs whose timeout is due.
 SWEEP_SECONDS = 2.0
 #: How often a caller awaiting a released run's result looks whether it woke up.
@@ -54,7 +57,8 @@ class ReleaseTable(SystemTable):
             _naming.RELEASED_TABLE,
             "run_id TEXT PRIMARY KEY, state TEXT NOT NULL, released_ms BIGINT NOT NULL, "
             "wake_ms BIGINT, claimed_ms BIGINT, clock_offset DOUBLE PRECISION, "
-            "executor_id TEXT",
+            "executor_id TEXT, queue_name TEXT",
+            indexes={"state_wake": "state, wake_ms"},
         )
         self._created = False
         self._checked_at = 0.0
@@ -85,20 +89,28 @@ class ReleaseTable(SystemTable):
 
     # -- the released run's own process ------------------------------------------------
     def begin(
-        self, run_id: str, wake_in: float | None, clock_offset: float, executor_id: str
+        self,
+        run_id: str,
+        wake_in: float | None,
+        clock_offset: float,
+        executor_id: str,
+        queue_name: str | None = None,
     ) -> None:
-        """Record that the run is being released; its timeout ends ``wake_in`` from now."""
+        """Record that the run is being released; its timeout ends ``wake_in`` from now;
+        it goes back to ``queue_name`` when woken (DBOS's cancel takes it off)."""
         wake = "NULL" if wake_in is None else f"{self.now} + :wake_in"
         self.write(
             f"INSERT INTO {self.name} (run_id, state, released_ms, wake_ms, claimed_ms, "
-            f"clock_offset, executor_id) VALUES (:id, 'releasing', {self.now}, {wake}, NULL, "
-            f":offset, :executor) ON CONFLICT (run_id) DO UPDATE SET state = 'releasing', "
-            f"released_ms = {self.now}, wake_ms = {wake}, claimed_ms = NULL, "
-            "clock_offset = :offset, executor_id = :executor",
+            f"clock_offset, executor_id, queue_name) VALUES (:id, 'releasing', {self.now}, "
+            f"{wake}, NULL, :offset, :executor, :queue) ON CONFLICT (run_id) DO UPDATE SET "
+            f"state = 'releasing', released_ms = {self.now}, wake_ms = {wake}, "
+            "claimed_ms = NULL, clock_offset = :offset, executor_id = :executor, "
+            "queue_name = :queue",
             id=run_id,
             wake_in=None if wake_in is None else int(wake_in * 1000),
             offset=clock_offset,
             executor=executor_id,
+            queue=queue_name,
         )
 
     def abandon(self, run_id: str) -> None:
@@ -130,6 +142,11 @@ class ReleaseTable(SystemTable):
             id=run_id,
         )
         return changed == 1
+
+    def queue_of(self, run_id: str) -> str | None:
+        """The queue the run goes back to when it is resumed (None: DBOS's own)."""
+        found = self.rows(f"SELECT queue_name FROM {self.name} WHERE run_id = :id", id=run_id)
+        return found[0]["queue_name"] if found else None
 
     def reclaim(self, run_id: str, claimed_ms: int) -> bool:
         """Take over a claim whose claimer died before it resumed the run."""
@@ -168,14 +185,24 @@ class ReleaseTable(SystemTable):
         return found
 
     def due(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Rows the sweep acts on: a timeout that has ended, or a step a crash cut."""
+        """Rows the sweep acts on: a timeout that has ended, an event whose sender did
+        not wake the run (it died, or the database failed it), or a step a crash cut.
+        Released runs come first."""
+        notifications = _upstream.notifications_table("sqlite" if self.sqlite else "pg")
+        unread = (
+            f"EXISTS (SELECT 1 FROM {notifications} n WHERE n.destination_uuid = "
+            f"{self.bare}.run_id AND n.topic = :topic AND NOT n.consumed)"
+        )
         return self.rows(
             f"SELECT run_id, state, claimed_ms FROM {self.name} WHERE "
             f"(state = 'released' AND wake_ms IS NOT NULL AND wake_ms <= {self.now}) OR "
+            f"(state = 'released' AND released_ms + {UNREAD_MS} < {self.now} AND {unread}) OR "
             f"(state = 'releasing' AND released_ms + {STUCK_MS} < {self.now}) OR "
             f"(state = 'waking' AND claimed_ms + {STUCK_MS} < {self.now}) OR "
             f"(state = 'cancelled' AND released_ms + {STUCK_MS} < {self.now}) "
-            f"ORDER BY wake_ms LIMIT {int(limit)}"
+            f"ORDER BY CASE WHEN state = 'released' THEN 0 ELSE 1 END, "
+            f"COALESCE(wake_ms, 0) LIMIT {int(limit)}",
+            topic=_naming.TICK_TOPIC,
         )
 
 
@@ -187,7 +214,7 @@ class Releases:
     def __init__(
         self,
         url: str,
-        resume: Callable[[str], Any],
+        resume: Callable[..., Any],
         status: Callable[[str], str | None],
     ) -> None:
         self.table = ReleaseTable(url)
@@ -202,9 +229,13 @@ class Releases:
         table = self.table
         if not table.present() or not table.claim(run_id):
             return False
-        self._resume(run_id)
+        self._resume_on_queue(run_id)
         logger.info("Run %r woke up: it continues from its checkpoints.", run_id)
         return True
+
+    def _resume_on_queue(self, run_id: str) -> None:
+        # A run of a queued class goes back to its queue and its limits.
+        self._resume(run_id, queue_name=self.table.queue_of(run_id))
 
     def wake_if_pending(self, run_id: str) -> bool:
         """After a release: wake the run at once if an event reached it meanwhile."""
@@ -258,7 +289,7 @@ class Releases:
                 if table.released(run_id):
                     woken += self.wake(run_id)
             elif state == "waking" and table.reclaim(run_id, int(row["claimed_ms"])):
-                self._resume(run_id)
+                self._resume_on_queue(run_id)
                 woken += 1
             elif state == "cancelled":
                 table.delete(run_id)
@@ -309,8 +340,10 @@ class WakeWatch:
             with self._lock:
                 entries = [e for run_id in woken for e in self._waiting.get(run_id, [])]
             for loop, event in entries:
-                if not loop.is_closed():
+                try:
                     loop.call_soon_threadsafe(event.set)
+                except RuntimeError:  # its event loop has closed: nobody waits there
+                    pass
 
     def _woken(self, run_ids: list[str]) -> list[str]:
         states = self._releases.table.states(run_ids)
@@ -325,11 +358,17 @@ class WakeWatch:
         return woken
 
 
+async def _in_thread(call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` in an executor thread, without the caller's contextvars: in a
+    DBOS workflow, a DBOS call made there would be a step of it."""
+    return await asyncio.get_running_loop().run_in_executor(None, call, *args)
+
+
 async def wait_while_released(releases: Releases | None, run_id: str) -> bool:
     """For a caller awaiting a CANCELLED run's result: wait while the run is
     released, until something wakes it. False if it was not released (it was
     really cancelled)."""
-    if releases is None or not await asyncio.to_thread(releases.is_released, run_id):
+    if releases is None or not await _in_thread(releases.is_released, run_id):
         return False
     await releases.watch.until_woken(run_id)
     return True
@@ -341,7 +380,7 @@ async def keep_following(releases: Releases | None, run_id: str) -> bool:
     executing again, or once it wakes up if it is released; no if it has ended."""
     if releases is None:
         return False
-    status = await asyncio.to_thread(releases.status, run_id)
+    status = await _in_thread(releases.status, run_id)
     if status in ACTIVE:
         return True
     return await wait_while_released(releases, run_id)

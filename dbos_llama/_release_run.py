@@ -13,7 +13,7 @@ from dbos import DBOS
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
-from ._records import step_rows
+from ._records import PENDING, step_rows
 from ._run_state import RunState
 
 logger = logging.getLogger("dbos_llama")
@@ -98,8 +98,15 @@ async def release(run: RunState, wake_in: float | None) -> None:
     # recorded beyond these completed while the run was being released.
     expected = run.receives
     try:
-        table = await asyncio.to_thread(releases.table.ensure)
-        await asyncio.to_thread(table.begin, run_id, wake_in, offset, DBOS.executor_id)
+        status = await outside_workflow(functools.partial(DBOS.get_workflow_status, run_id))
+        if status is None or status.status != PENDING:
+            return  # cancelled meanwhile (the cancel watcher ends it) or not ours
+        table = await outside_workflow(releases.table.ensure)
+        await outside_workflow(
+            functools.partial(
+                table.begin, run_id, wake_in, offset, DBOS.executor_id, run.queue_name
+            )
+        )
     except Exception as error:
         logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
         return
@@ -110,7 +117,7 @@ async def release(run: RunState, wake_in: float | None) -> None:
     except Exception as error:
         run.releasing = False
         logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
-        await asyncio.to_thread(table.abandon, run_id)
+        await outside_workflow(functools.partial(table.abandon, run_id))
         return
     # A receive that took its message before the cancel is recorded (after it, DBOS's
     # ownership check refuses the consume, and the message stays for the wake-up).
@@ -132,12 +139,12 @@ async def finish_release(run: RunState) -> None:
         return
     run_id = run.run_id
     try:
-        if await asyncio.to_thread(releases.table.released, run_id):
+        if await outside_workflow(functools.partial(releases.table.released, run_id)):
             logger.info("Run %r is idle: released from memory until its event comes.", run_id)
             if run.wake_after_release:
-                await asyncio.to_thread(releases.wake, run_id)
+                await outside_workflow(functools.partial(releases.wake, run_id))
             else:
-                await asyncio.to_thread(releases.wake_if_pending, run_id)
+                await outside_workflow(functools.partial(releases.wake_if_pending, run_id))
     except Exception as error:
         # The sweep finishes it (a `releasing` row of a CANCELLED run).
         logger.warning("Run %r: finishing its release failed (%s); the sweep will.", run_id, error)
@@ -150,7 +157,23 @@ async def take_up(run: RunState) -> bool:
     releases = local()
     if releases is None:
         return True
-    found = await asyncio.to_thread(releases.table.ensure().take, run.run_id)
+    for attempt in range(5):
+        try:
+            found = await outside_workflow(
+                functools.partial(releases.table.ensure().take, run.run_id)
+            )
+            break
+        except Exception as error:  # the database briefly away
+            if attempt == 4:
+                logger.warning(
+                    "Run %r: its release record cannot be read (%s); it goes on as if it "
+                    "had not been released (its released time does not count).",
+                    run.run_id,
+                    error,
+                )
+                return True
+            await asyncio.sleep(0.5 * 2**attempt)
+    _registry.cancelled_runs.discard(run.run_id)  # its release's log noise is over
     if found is None or found["state"] == "releasing":
         return True  # not released (or cut before its workflow was cancelled)
     if found["state"] == "cancelled":

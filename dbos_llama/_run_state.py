@@ -135,6 +135,8 @@ class RunState:
     # Seconds the run may wait idle before it is released from memory (`_release`),
     # from its class's ``@durable(idle_release=...)``; None: it stays.
     idle_release: float | None = None
+    # The DBOS queue of the run's class (a woken run goes back to it).
+    queue_name: str | None = None
     # Set once the run's release has begun: its body ends without cancelling it.
     releasing: bool = False
     # Values the run's body has written to its DBOS stream (its next offset).
@@ -145,6 +147,9 @@ class RunState:
     receives: int = 0
     # Set when a receive completed during the run's release: woken at once.
     wake_after_release: bool = False
+    # The last function ID of a recorded decision or step call of the run (0: none):
+    # a wait before it is replayed, never idle (`Decisions._idle`).
+    last_recorded_decision: int = 0
 
     @property
     def executing(self) -> bool:
@@ -272,6 +277,8 @@ class RunState:
                 self._resume_real_time = None
             return
         for row in step_rows(steps):
+            if row.child_id is not None or row.name in (_naming.NEXT_STEP, _naming.WAKE_STEP):
+                self.last_recorded_decision = max(self.last_recorded_decision, row.function_id)
             wake = row.wake()
             if wake is not None:
                 self.wakes[wake.number] = wake.kind

@@ -12,7 +12,6 @@ workflows that are not durable are stored as the server stores them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import re
@@ -202,7 +201,7 @@ async def _released(statuses: list[WorkflowStatus]) -> set[str]:
     cancelled = [s.workflow_id for s in statuses if s.status == CANCELLED]
     if releases is None or not cancelled:
         return set()
-    states = await asyncio.to_thread(releases.states, cancelled)
+    states = await outside_workflow(functools.partial(releases.states, cancelled))
     return {run_id for run_id, state in states.items() if state in _release.RELEASED_STATES}
 
 

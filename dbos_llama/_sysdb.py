@@ -18,7 +18,9 @@ class SystemTable:
     Example: ``SystemTable(url, "released", "run_id TEXT PRIMARY KEY, ...")``.
     """
 
-    def __init__(self, url: str, table: str, columns: str) -> None:
+    def __init__(
+        self, url: str, table: str, columns: str, indexes: dict[str, str] | None = None
+    ) -> None:
         parsed = sa.make_url(url)
         self.sqlite = parsed.drivername.startswith("sqlite")
         if parsed.drivername in ("postgresql", "postgres"):
@@ -30,6 +32,9 @@ class SystemTable:
             else sa.create_engine(parsed, connect_args={"timeout": 30})
         )
         self._columns = columns
+        self._indexes = {
+            f"{_naming.TABLE_SCHEMA}_{table}_{k}": v for k, v in (indexes or {}).items()
+        }
         if self.sqlite:
             #: The table's name as SQL refers to it.
             self.name = f"{_naming.TABLE_SCHEMA}_{table}"
@@ -59,6 +64,9 @@ class SystemTable:
                     if not self.sqlite:
                         c.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {_naming.TABLE_SCHEMA}"))
                     c.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {self.name} ({self._columns})"))
+                    for index, columns in self._indexes.items():
+                        sql = f"CREATE INDEX IF NOT EXISTS {index} ON {self.name} ({columns})"
+                        c.execute(sa.text(sql))
                 return
             except sa.exc.IntegrityError:  # two workers creating it at once
                 if attempt == 2:

@@ -99,20 +99,35 @@ def dbos_launched() -> bool:
     return bool(getattr(_dbos._dbos_global_instance, "_launched", False))
 
 
+def current_function_id() -> int | None:
+    """The last DBOS function ID the executing workflow has taken (DBOS has no public
+    accessor: ``dbos._context.get_local_dbos_context().function_id``)."""
+    from dbos._context import get_local_dbos_context
+
+    ctx = get_local_dbos_context()
+    return None if ctx is None else int(ctx.function_id)
+
+
+def notifications_table(dialect: str) -> str:
+    """DBOS's messages table as SQL names it: ``notifications``, in the system
+    schema on PostgreSQL (``dbos_system_schema``, ``dbos`` by default)."""
+    from dbos import _dbos
+
+    if dialect == "sqlite":
+        return "notifications"
+    config = getattr(_dbos._dbos_global_instance, "_config", None)
+    schema = (config.get("dbos_system_schema") if isinstance(config, dict) else None) or "dbos"
+    return f'"{schema}".notifications'
+
+
 def has_pending_message(engine: Any, workflow_id: str, topic: str) -> bool:
     """Whether a message on ``topic`` waits, unconsumed, for ``workflow_id``. DBOS has
     no public peek: this reads its ``notifications`` table (columns
     ``destination_uuid``, ``topic``, ``consumed``), in the system schema on PostgreSQL
     (``dbos_system_schema``, ``dbos`` by default)."""
     import sqlalchemy as sa
-    from dbos import _dbos
 
-    if engine.dialect.name == "sqlite":
-        table = "notifications"
-    else:
-        config = getattr(_dbos._dbos_global_instance, "_config", None)
-        schema = (config.get("dbos_system_schema") if isinstance(config, dict) else None) or "dbos"
-        table = f'"{schema}".notifications'
+    table = notifications_table(engine.dialect.name)
     with engine.begin() as c:
         row = c.execute(
             sa.text(

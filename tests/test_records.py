@@ -46,9 +46,11 @@ def test_release_rows_keep_their_columns(tmp_path) -> None:
     try:
         table.write(
             f"INSERT INTO {table.name} (run_id, state, released_ms, wake_ms, claimed_ms, "
-            "clock_offset, executor_id) VALUES ('r', 'released', 1, NULL, NULL, 0.5, 'w1')"
+            "clock_offset, executor_id, queue_name) "
+            "VALUES ('r', 'released', 1, NULL, NULL, 0.5, 'w1', 'q')"
         )
         assert table.states(["r", "other"]) == {"r": "released"}
+        assert table.queue_of("r") == "q"
         assert table.claim("r") is True and table.claim("r") is False
         assert table.take("r") == {"state": "waking", "clock_offset": 0.5}
     finally:

@@ -89,6 +89,32 @@ def test_dbos_launched_follows_launch_and_destroy(tmp_path) -> None:
     assert up.dbos_launched() is False
 
 
+async def test_current_function_id_counts_a_workflows_operations(tmp_path) -> None:
+    seen: list[int | None] = []
+
+    @DBOS.step(name="seam-fid-step")
+    async def one() -> int:
+        return 1
+
+    @DBOS.workflow(name="seam-fid")
+    async def counted() -> None:
+        seen.append(up.current_function_id())
+        await one()
+        seen.append(up.current_function_id())
+        await one()
+        seen.append(up.current_function_id())
+
+    DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    DBOS.launch()
+    try:
+        assert up.current_function_id() is None  # outside any workflow
+        await counted()
+    finally:
+        DBOS.destroy()
+    first, second, third = seen
+    assert first is not None and second == first + 1 and third == first + 2
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_pending_message_is_seen_in_dbos_notifications(
     backend: str, tmp_path, request: pytest.FixtureRequest
