@@ -273,6 +273,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where idle.{json,md} go")
     args = parser.parse_args()
     found: dict[str, dict[str, dict[str, float]]] = {}
     for backend_name in args.backends.split(","):
@@ -283,15 +284,15 @@ def main() -> None:
             }
             print(backend_name, impl, found[backend_name][impl], flush=True)
     report = {"runs": args.runs, "repeat": args.repeat, "idle_release": IDLE_SECONDS}
-    previous = RESULTS / "idle.json"
+    previous = args.out / "idle.json"
     if previous.exists():  # a run of one backend keeps the other's figures
         kept = json.loads(previous.read_text())
         if (kept.get("runs"), kept.get("idle_release")) == (args.runs, IDLE_SECONDS):
             report.update({k: v for k, v in kept.items() if k in ("sqlite", "postgres")})
     report.update(found)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "idle.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "idle.md").write_text(markdown(report))
+    args.out.mkdir(exist_ok=True)
+    (args.out / "idle.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "idle.md").write_text(markdown(report))
     print(markdown(report))
 
 

@@ -25,3 +25,19 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert set(results["recovery"]) == {"floor-a", "floor-b", "dbos_llama"}
     assert set(results["waiting"]) == {"plain", "floor", "dbos_llama"}
     assert "| chain |" in (tmp_path / "results.md").read_text()
+
+
+def test_idle_release_benchmark_smoke_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.idle", "--runs", "4", "--repeat", "1"]
+        + ["--backends", "sqlite", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "idle.json").read_text())["sqlite"]
+    assert set(results) == {"raw", "kept", "released"}
+    assert all(figures["drain_seconds"] > 0 for figures in results.values())
+    assert "| sqlite | idle_release=2 |" in (tmp_path / "idle.md").read_text()
