@@ -149,12 +149,12 @@ async def cancel_run_by_id(run_id: str) -> None:
     """Mark a run and its unfinished steps CANCELLED in the database; a process
     executing it notices within `CANCEL_POLL_SECONDS` and stops. A released run
     stops reading as waiting."""
+    cancel = functools.partial(DBOS.cancel_workflow, cancel_children=True)
     releases = local()
-    if releases is not None:
-        await outside_workflow(functools.partial(releases.cancel, run_id))
-    await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id, cancel_children=True))
-    if releases is not None:  # a release that began before the cancel: cancelled too
-        await outside_workflow(functools.partial(releases.cancel, run_id))
+    if releases is None:
+        await outside_workflow(functools.partial(cancel, run_id))
+    else:
+        await outside_workflow(functools.partial(releases.cancel, run_id, cancel))
 
 
 async def wake_released(run_id: str) -> None:

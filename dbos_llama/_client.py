@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -382,10 +383,8 @@ class DurableClient:
         # `resume` continues it from its checkpoints. A worker executing the run
         # notices within a couple of seconds and stops. A released run ends
         # CANCELLED even if a wake-up races with this.
-        await asyncio.to_thread(self._releases.cancel, run_id)
-        await self._dbos.cancel_workflow_async(run_id, cancel_children=True)
-        # Again: a release that began before the cancel reached the run ends cancelled.
-        await asyncio.to_thread(self._releases.cancel, run_id)
+        cancel = functools.partial(self._dbos.cancel_workflow, cancel_children=True)
+        await asyncio.to_thread(self._releases.cancel, run_id, cancel)
         return True
 
     async def resume(self, run_id: str) -> None:

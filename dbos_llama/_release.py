@@ -18,6 +18,7 @@ after its claim is claimed again and resumed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import _naming, _upstream
+from ._context import outside_workflow
 from ._records import CANCELLED, DELAYED, ENQUEUED, PENDING, TERMINAL
 from ._sysdb import SystemTable
 
@@ -249,9 +251,16 @@ class Releases:
     def is_released(self, run_id: str) -> bool:
         return self.states([run_id]).get(run_id) in RELEASED_STATES
 
-    def cancel(self, run_id: str) -> bool:
-        """Mark a released run to end CANCELLED (True if it was released)."""
-        return self.table.present() and self.table.cancel(run_id)
+    def cancel(self, run_id: str, cancel_workflow: Callable[[str], Any]) -> None:
+        """Cancel the run with ``cancel_workflow`` (DBOS's cancel, children included).
+        Its release row, if any, is marked before the cancel, so a racing wake-up's
+        body ends it CANCELLED, and after it, so a release that began before the
+        cancel reached the run ends cancelled too."""
+        if self.table.present():
+            self.table.cancel(run_id)
+        cancel_workflow(run_id)
+        if self.table.present():
+            self.table.cancel(run_id)
 
     def resume(self, run_id: str) -> None:
         """An operator's resume: wake the run if released; else drop a cancel mark
@@ -358,17 +367,13 @@ class WakeWatch:
         return woken
 
 
-async def _in_thread(call: Callable[..., Any], *args: Any) -> Any:
-    """``call(*args)`` in an executor thread, without the caller's contextvars: in a
-    DBOS workflow, a DBOS call made there would be a step of it."""
-    return await asyncio.get_running_loop().run_in_executor(None, call, *args)
-
-
 async def wait_while_released(releases: Releases | None, run_id: str) -> bool:
     """For a caller awaiting a CANCELLED run's result: wait while the run is
     released, until something wakes it. False if it was not released (it was
     really cancelled)."""
-    if releases is None or not await _in_thread(releases.is_released, run_id):
+    if releases is None or not await outside_workflow(
+        functools.partial(releases.is_released, run_id)
+    ):
         return False
     await releases.watch.until_woken(run_id)
     return True
@@ -380,7 +385,7 @@ async def keep_following(releases: Releases | None, run_id: str) -> bool:
     executing again, or once it wakes up if it is released; no if it has ended."""
     if releases is None:
         return False
-    status = await _in_thread(releases.status, run_id)
+    status = await outside_workflow(functools.partial(releases.status, run_id))
     if status in ACTIVE:
         return True
     return await wait_while_released(releases, run_id)

@@ -10,15 +10,16 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 
-def test_benchmark_smoke_run(tmp_path: Path) -> None:
+def bench(*args: str) -> None:
+    """Run a benchmark command in a fresh process; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick", "--backends", "sqlite", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_benchmark_smoke_run(tmp_path: Path) -> None:
+    bench("bench/run.py", "--quick", "--backends", "sqlite", "--out", str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())["sqlite"]
     for workload in ("chain", "loop", "fanout", "calls"):
         assert set(results["per_run"][workload]) == {"plain", "floor-a", "floor-b", "dbos_llama"}
@@ -28,15 +29,8 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
 
 
 def test_idle_release_benchmark_smoke_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.idle", "--runs", "4", "--repeat", "1"]
-        + ["--backends", "sqlite", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = str(tmp_path)
+    bench("-m", "bench.idle", "--runs", "4", "--repeat", "1", "--backends", "sqlite", "--out", out)
     results = json.loads((tmp_path / "idle.json").read_text())["sqlite"]
     assert set(results) == {"raw", "kept", "released"}
     assert all(figures["drain_seconds"] > 0 for figures in results.values())
