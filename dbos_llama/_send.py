@@ -10,7 +10,10 @@ does it in a single database transaction on the system database:
 2. one read of each destination's DBOS status and workflow name, and of its
    release row (idle release), checked by the caller (unknown run, ended run,
    event its workflow does not accept): a failed check rolls everything back;
-3. the claim of every destination that is released (``released`` → ``waking``).
+3. the claim of every destination that is released (``released`` → ``waking``);
+   the release rows read in step 2 are locked until the commit, so a release that
+   is being recorded at the same moment either sees this send's message or is
+   claimed by it (`_release_run`'s releaser looks for messages after its mark).
 
 After the commit the claimed runs are resumed (DBOS ``resume_workflow``, back onto
 their class's queue). A crash between the commit and the resume leaves a
@@ -89,10 +92,15 @@ class Outbox:
         self._read = sa.text(
             f"SELECT workflow_uuid, status, name FROM {status_table} WHERE workflow_uuid IN :ids"
         ).bindparams(sa.bindparam("ids", expanding=True))
+        # The release rows are locked (PostgreSQL; SQLite's write lock, taken by the
+        # send, already orders whole transactions): a releaser marking one
+        # ``released`` waits for this send's commit, so its look for a message that
+        # came meanwhile sees it; or it marked first, and this send claims the run.
+        lock = "" if table.sqlite else " ORDER BY run_id FOR UPDATE"
         self._read_released = sa.text(
             f"SELECT ws.workflow_uuid, ws.status, ws.name, r.state FROM {status_table} ws "
-            f"LEFT JOIN {table.name} r ON r.run_id = ws.workflow_uuid "
-            "WHERE ws.workflow_uuid IN :ids"
+            f"LEFT JOIN (SELECT run_id, state FROM {table.name} WHERE run_id IN :ids{lock}) r "
+            "ON r.run_id = ws.workflow_uuid WHERE ws.workflow_uuid IN :ids"
         ).bindparams(sa.bindparam("ids", expanding=True))
         self._claim = sa.text(
             f"UPDATE {table.name} SET state = 'waking', claimed_ms = {table.now} "
@@ -119,7 +127,11 @@ class Outbox:
                     [SendMessage(run_id, body, _naming.TICK_TOPIC) for run_id, body in messages],
                     serialization_type=WorkflowSerializationFormat.PORTABLE,
                 )
-                found = self._destinations(conn, ids, with_releases)
+                found = (
+                    self._destinations(conn, ids, with_releases)
+                    if check is not None or with_releases
+                    else {}  # nothing to check or to wake: DBOS's send alone
+                )
                 if check is not None:
                     check([found.get(i) for i in ids])
                 released = [d.run_id for d in found.values() if d.release_state == "released"]
