@@ -380,6 +380,24 @@ def fork(
         )
 
 
+@app.command("ui")
+def ui(
+    db: Db,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8040,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="DBOS_LLAMA_UI_TOKEN", help="Required of every request."),
+    ] = None,
+) -> None:
+    """Serve a web viewer of the runs (needs the server extra): look, answer, cancel, fork."""
+    from ._viewer import check_bind, serve
+
+    _checked(lambda: check_bind(host, token))
+    _run(db, lambda c: c.list_runs(since=timedelta(0)))  # the database opens, as for `runs`
+    _checked(lambda: serve(db, host, port, token))
+
+
 def main() -> None:
     """Entry point of the ``dbos-llama`` console script."""
     # Event classes of the application (to send or to read values) import from the

@@ -1,0 +1,264 @@
+"""What the web viewer reads of the system database: pages of runs, one run's life.
+
+Everything goes through `DurableClient`, except what it does not expose: paging
+through runs (DBOS's ``limit``/``offset`` on its ``created_at`` order, so the first
+page of 100,000 runs costs what the first page of 100 does) and the DBOS statuses of
+a run's step invocations (``recovery_attempts``, queue times), read with a second,
+read-only `DBOSClient` on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dbos import DBOSClient, WorkflowStatus
+
+from . import _naming
+from ._client import DurableClient
+from ._history import StepInvocationInfo, jsonable, unreadable, when
+from ._json_serializer import JsonDataSerializer
+from ._patches import recorded_edits
+from ._records import CANCELLED, PENDING
+from ._run_info import RunInfo, StreamEntry, run_info
+from ._serialization import UNREADABLE_VALUE_ERRORS
+
+#: Status filters that are not DBOS statuses, and the DBOS status they narrow.
+DERIVED = {"waiting-human": PENDING, "waiting-version": PENDING, "released": CANCELLED}
+#: DBOS statuses offered as filters.
+STATUSES = ["PENDING", "ENQUEUED", "SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
+#: Rows a derived filter looks through for one page before it offers "older".
+SCAN_LIMIT = 2000
+#: Rows read per database query while a derived filter scans.
+SCAN_BATCH = 200
+#: What the page shows for a value this process cannot deserialize.
+NOT_READABLE = "not readable here"
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """The runs page's filters and position."""
+
+    workflow: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    offset: int = 0
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One line of the runs page."""
+
+    info: RunInfo
+    waiting_human: bool = False
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    """One page of runs, newest first; ``next_offset`` is None on the last page."""
+
+    rows: list[RunRow]
+    offset: int
+    next_offset: int | None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A step invocation with what DBOS knows of its executions."""
+
+    step: StepInvocationInfo
+    #: Executions of the invocation: more than 1 after a crash re-executed it.
+    attempts: int = 1
+    #: Milliseconds it waited on a queue before it started, if it was queued.
+    queued_ms: int | None = None
+
+
+@dataclass
+class RunView:
+    """Everything the run page shows."""
+
+    info: RunInfo
+    attempts: int
+    invocations: list[Invocation]
+    stream: list[StreamEntry]
+    state: Any
+    edits: list[tuple[str, int, Any]]
+    result: Any
+    waiting_human: bool
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def awaited_prompt(self) -> str | None:
+        """The question of the InputRequiredEvent the run waits on, if it does."""
+        if not self.waiting_human or not self.stream:
+            return None
+        data = jsonable(self.stream[-1].event)
+        fields = data.get("data") if isinstance(data, dict) else None
+        return str(fields.get("prefix", "")) if isinstance(fields, dict) else None
+
+
+def is_input_request(entry: StreamEntry) -> bool:
+    """Whether a stream value asks a human for input (an ``InputRequiredEvent``)."""
+    kinds = [c.__name__ for c in type(entry.event).__mro__]
+    return entry.unreadable is None and "InputRequiredEvent" in kinds
+
+
+class Reader:
+    """The viewer's reads (and the client its actions go through) on one database."""
+
+    def __init__(self, db_url: str) -> None:
+        self.client = DurableClient(db_url)
+        self._dbos = DBOSClient(system_database_url=db_url, serializer=JsonDataSerializer())
+
+    def close(self) -> None:
+        """Release both clients' connections."""
+        self.client.close()
+        self._dbos.destroy()
+
+    async def runs_page(self, wanted: RunFilter) -> RunsPage:
+        """The runs matching ``wanted``, newest first, one page from its offset."""
+        base = DERIVED.get(wanted.status or "", wanted.status)
+        rows: list[RunRow] = []
+        offset = wanted.offset
+        batch = wanted.limit + 1 if wanted.status not in DERIVED else SCAN_BATCH
+        while len(rows) <= wanted.limit:
+            found = await self._dbos.list_workflows_async(
+                name=_naming.run_workflow_name(wanted.workflow) if wanted.workflow else None,
+                status=base,
+                start_time=wanted.since.isoformat() if wanted.since else None,
+                end_time=wanted.until.isoformat() if wanted.until else None,
+                has_parent=False,
+                sort_desc=True,
+                limit=batch,
+                offset=offset,
+                load_input=False,
+                load_output=False,
+            )
+            for status in found:
+                offset += 1
+                row = await self._row(status)
+                if row is not None and _matches(row, wanted.status):
+                    rows.append(row)
+                    if len(rows) > wanted.limit:
+                        return RunsPage(rows[:-1], wanted.offset, offset - 1)
+            scanned = offset - wanted.offset
+            if len(found) < batch:
+                return RunsPage(rows, wanted.offset, None)
+            if scanned >= SCAN_LIMIT:
+                return RunsPage(rows, wanted.offset, offset)
+        return RunsPage(rows[: wanted.limit], wanted.offset, offset)
+
+    async def _row(self, status: WorkflowStatus) -> RunRow | None:
+        info = run_info(status)
+        if info is None:
+            return None
+        if status.status == CANCELLED:
+            # Released runs are CANCELLED in DBOS: the client tells them apart.
+            info = await self.client.get_run(status.workflow_id)
+        waiting = not info.finished and await self._waits_for_human(info.run_id)
+        return RunRow(info, waiting)
+
+    async def _waits_for_human(self, run_id: str) -> bool:
+        last = await self._last_entry(run_id)
+        return last is not None and is_input_request(last)
+
+    async def _last_entry(self, run_id: str) -> StreamEntry | None:
+        last = None
+        async for entry in self.client.stream_entries(run_id, follow=False):
+            last = entry
+        return last
+
+    async def run_view(self, run_id: str) -> RunView:
+        """The run, its step invocations with their executions, stream, state,
+        edits and result; `RunNotFoundError` for an unknown run."""
+        info = await self.client.get_run(run_id)
+        run_id = info.run_id  # a server handler ID names its run
+        steps = await self.client.steps(run_id)
+        statuses = {
+            s.workflow_id: s
+            for s in await self._dbos.list_workflows_async(
+                workflow_id_prefix=run_id, load_input=False, load_output=False
+            )
+        }
+        invocations = [_invocation(s, statuses.get(s.invocation_id)) for s in steps]
+        problems: list[str] = []
+        stream = [e async for e in self.client.stream_entries(run_id, follow=False)]
+        try:
+            state: Any = await self.client.get_state(run_id)
+        except (*UNREADABLE_VALUE_ERRORS, LookupError, ValueError) as error:
+            state = f"{NOT_READABLE} ({type(error).__name__}: {error})"
+        edits, _ = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
+        own = statuses.get(run_id)
+        attempts = own.recovery_attempts or 1 if own is not None else 1
+        return RunView(
+            info=info,
+            attempts=attempts,
+            invocations=invocations,
+            stream=stream,
+            state=state,
+            edits=[(source, seq, patch) for source, seq, patch in edits],
+            result=await self._result(info),
+            waiting_human=not info.finished and bool(stream) and is_input_request(stream[-1]),
+            problems=problems,
+        )
+
+    async def _result(self, info: RunInfo) -> Any:
+        if info.status != "SUCCESS":
+            return None
+        try:
+            found = await self._dbos.list_workflows_async(
+                workflow_ids=[info.run_id], load_input=False, load_output=True
+            )
+        except UNREADABLE_VALUE_ERRORS as error:
+            return f"{NOT_READABLE} ({type(error).__name__}: {error})"
+        output = found[0].output if found else None
+        if unreadable(output):
+            return NOT_READABLE
+        result = getattr(output, "result", output)
+        return jsonable(result)
+
+
+def _invocation(step: StepInvocationInfo, status: WorkflowStatus | None) -> Invocation:
+    if status is None:  # a fork's reused invocation: it belongs to another run
+        return Invocation(step)
+    queued = None
+    if status.dequeued_at is not None and status.created_at is not None:
+        queued = max(0, status.dequeued_at - status.created_at)
+    return Invocation(step, status.recovery_attempts or 1, queued)
+
+
+def _matches(row: RunRow, wanted: str | None) -> bool:
+    if wanted == "waiting-human":
+        return row.waiting_human or row.info.released
+    if wanted == "waiting-version":
+        return row.info.waiting_for_version is not None
+    if wanted == "released":
+        return row.info.released
+    if wanted in (PENDING, CANCELLED):
+        return row.info.status == wanted  # a released run reads PENDING
+    return True
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """A filter time: an age (``30m``, ``2h``, ``1d``) back from now, or ISO 8601."""
+    if not text:
+        return None
+    text = text.strip()
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        age = timedelta(**{units[text[-1]]: float(text[:-1])})
+        return datetime.now(timezone.utc) - age
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def epoch(moment: datetime | None) -> float | None:
+    """Seconds since the epoch, for the timeline."""
+    return None if moment is None else moment.timestamp()
+
+
+__all__ = ["Reader", "RunFilter", "RunView", "RunsPage", "when"]
