@@ -6,7 +6,7 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,6 +26,13 @@ TOKEN_COOKIE = "dbos_llama_token"
 CSRF_COOKIE = "dbos_llama_csrf"
 #: Most runs on one page.
 MAX_LIMIT = 500
+
+
+async def posted_form(request: Request) -> dict[str, str]:
+    """The fields of a posted HTML form (``application/x-www-form-urlencoded``; the
+    body is kept by Starlette, so the middleware and the endpoint both read it)."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return dict(parse_qsl(body, keep_blank_values=True))
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -56,9 +63,7 @@ class _Guard(BaseHTTPMiddleware):
                 return HTMLResponse(error_page("Token needed", message, self.db), 401)
         csrf = request.cookies.get(CSRF_COOKIE)
         if request.method == "POST":
-            await request.body()  # kept: the endpoint reads the form again
-            form = await request.form()
-            sent = form.get("csrf")
+            sent = (await posted_form(request)).get("csrf")
             if not csrf or not isinstance(sent, str) or not hmac.compare_digest(sent, csrf):
                 message = "The form's CSRF token does not match: reload the page and try again."
                 return HTMLResponse(error_page("Request refused", message, self.db), 403)
@@ -136,7 +141,7 @@ def make_app(db: str, token: str | None = None) -> Starlette:
     async def act(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         action = request.path_params["action"]
-        posted = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        posted = await posted_form(request)
         client = read().client
         try:
             if action == "answer":

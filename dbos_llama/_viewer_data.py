@@ -18,15 +18,20 @@ from dbos import DBOSClient, WorkflowStatus
 
 from . import _naming
 from ._client import DurableClient
-from ._history import StepInvocationInfo, jsonable, unreadable, when
+from ._history import StepInvocationInfo, jsonable, unreadable
 from ._json_serializer import JsonDataSerializer
 from ._patches import recorded_edits
-from ._records import CANCELLED, PENDING
+from ._records import CANCELLED, ENQUEUED, PENDING
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._serialization import UNREADABLE_VALUE_ERRORS
 
-#: Status filters that are not DBOS statuses, and the DBOS status they narrow.
-DERIVED = {"waiting-human": PENDING, "waiting-version": PENDING, "released": CANCELLED}
+#: Status filters that are not DBOS statuses, and the DBOS statuses they narrow (a
+#: run being recovered is ENQUEUED a moment; a released run is CANCELLED in DBOS).
+DERIVED = {
+    "waiting-human": [PENDING, ENQUEUED, CANCELLED],
+    "waiting-version": [PENDING, ENQUEUED],
+    "released": [CANCELLED],
+}
 #: DBOS statuses offered as filters.
 STATUSES = ["PENDING", "ENQUEUED", "SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
 #: Rows a derived filter looks through for one page before it offers "older".
@@ -94,17 +99,28 @@ class RunView:
     @property
     def awaited_prompt(self) -> str | None:
         """The question of the InputRequiredEvent the run waits on, if it does."""
-        if not self.waiting_human or not self.stream:
+        if not self.waiting_human:
             return None
-        data = jsonable(self.stream[-1].event)
-        fields = data.get("data") if isinstance(data, dict) else None
-        return str(fields.get("prefix", "")) if isinstance(fields, dict) else None
+        if self.stream and is_input_request(self.stream[-1]):
+            data = jsonable(self.stream[-1].event)
+            fields = data.get("data") if isinstance(data, dict) else None
+            return str(fields.get("prefix", "")) if isinstance(fields, dict) else None
+        last = self.invocations[-1].step.output if self.invocations else ""
+        return last.removeprefix("InputRequiredEvent ")
 
 
 def is_input_request(entry: StreamEntry) -> bool:
     """Whether a stream value asks a human for input (an ``InputRequiredEvent``)."""
     kinds = [c.__name__ for c in type(entry.event).__mro__]
     return entry.unreadable is None and "InputRequiredEvent" in kinds
+
+
+def asks_human(steps: list[StepInvocationInfo]) -> bool:
+    """Whether the last step invocation returned an ``InputRequiredEvent`` (recorded
+    before the run writes it to its stream) and nothing ran after it."""
+    return bool(steps) and steps[-1].duration is not None and steps[-1].output.startswith(
+        "InputRequiredEvent"
+    )
 
 
 class Reader:
@@ -121,7 +137,7 @@ class Reader:
 
     async def runs_page(self, wanted: RunFilter) -> RunsPage:
         """The runs matching ``wanted``, newest first, one page from its offset."""
-        base = DERIVED.get(wanted.status or "", wanted.status)
+        base = DERIVED.get(wanted.status or "") or wanted.status
         rows: list[RunRow] = []
         offset = wanted.offset
         batch = wanted.limit + 1 if wanted.status not in DERIVED else SCAN_BATCH
@@ -164,7 +180,9 @@ class Reader:
 
     async def _waits_for_human(self, run_id: str) -> bool:
         last = await self._last_entry(run_id)
-        return last is not None and is_input_request(last)
+        if last is not None and is_input_request(last):
+            return True
+        return asks_human(await self.client.steps(run_id))
 
     async def _last_entry(self, run_id: str) -> StreamEntry | None:
         last = None
@@ -193,7 +211,7 @@ class Reader:
             state = f"{NOT_READABLE} ({type(error).__name__}: {error})"
         edits, _ = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
         own = statuses.get(run_id)
-        attempts = own.recovery_attempts or 1 if own is not None else 1
+        attempts = (own.recovery_attempts or 1) if own is not None else 1
         return RunView(
             info=info,
             attempts=attempts,
@@ -202,7 +220,8 @@ class Reader:
             state=state,
             edits=[(source, seq, patch) for source, seq, patch in edits],
             result=await self._result(info),
-            waiting_human=not info.finished and bool(stream) and is_input_request(stream[-1]),
+            waiting_human=not info.finished
+            and ((bool(stream) and is_input_request(stream[-1])) or asks_human(steps)),
             problems=problems,
         )
 
@@ -226,7 +245,8 @@ def _invocation(step: StepInvocationInfo, status: WorkflowStatus | None) -> Invo
     if status is None:  # a fork's reused invocation: it belongs to another run
         return Invocation(step)
     queued = None
-    if status.dequeued_at is not None and status.created_at is not None:
+    internal = (status.queue_name or "").startswith("_dbos_internal")  # recovery's queue
+    if status.dequeued_at is not None and status.created_at is not None and not internal:
         queued = max(0, status.dequeued_at - status.created_at)
     return Invocation(step, status.recovery_attempts or 1, queued)
 
@@ -260,5 +280,3 @@ def epoch(moment: datetime | None) -> float | None:
     """Seconds since the epoch, for the timeline."""
     return None if moment is None else moment.timestamp()
 
-
-__all__ = ["Reader", "RunFilter", "RunView", "RunsPage", "when"]

@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 
 from pydantic import ValidationError
-from workflows.events import Event
+from workflows.events import Event, HumanResponseEvent
 
 from ._event_json import resolve_event_type
 from .errors import DurableError, EventDecodeError
@@ -19,7 +19,8 @@ from .errors import DurableError, EventDecodeError
 DEFAULT_ANSWER = "workflows.events.HumanResponseEvent"
 #: Fields of `Event` itself, never asked for.
 _HIDDEN = {"_data", "_cancel_flag", "_retry_flag"}
-#: The form's input for the whole data object, when the class is not importable.
+#: The form's input for fields the schema does not declare (a JSON object): events
+#: keep undeclared fields.
 RAW_FIELD = "__json__"
 
 
@@ -52,7 +53,10 @@ def answer_form(type_name: str | None) -> AnswerForm:
 
 
 def _properties(form: AnswerForm) -> dict[str, dict[str, Any]]:
-    props = form.schema.get("properties", {})
+    props = dict(form.schema.get("properties", {}))
+    if form.cls is not None and issubclass(form.cls, HumanResponseEvent):
+        # Its ``response`` is a free-form field (kept in ``_data``), not in the schema.
+        props.setdefault("response", {"title": "response", "type": "string"})
     return {k: v for k, v in props.items() if k not in _HIDDEN and isinstance(v, dict)}
 
 
@@ -68,12 +72,6 @@ def render_form(form: AnswerForm, action: str, csrf: str) -> str:
     """The form's HTML: one input per property of the schema (JSON for nested ones)."""
     required = set(form.schema.get("required", []))
     rows = []
-    if form.cls is None:
-        value = form.values.get(RAW_FIELD, "{}")
-        rows.append(
-            f'<label>data (JSON)<textarea name="{RAW_FIELD}" rows="5">{escape(value)}'
-            "</textarea></label>"
-        )
     for name, spec in _properties(form).items():
         kind = _kind(spec)
         value = form.values.get(name, "")
@@ -97,6 +95,11 @@ def render_form(form: AnswerForm, action: str, csrf: str) -> str:
                 f'id="field-{escape(name)}" value="{escape(str(value))}">'
             )
         rows.append(f"<label>{label} <small>({kind})</small> {control}</label>")
+    value = form.values.get(RAW_FIELD, "")
+    rows.append(
+        f'<label>other fields <small>(JSON object, optional)</small><textarea name="{RAW_FIELD}" '
+        f'rows="2" placeholder="{{}}">{escape(value)}</textarea></label>'
+    )
     error = f'<p class="error" role="alert">{escape(form.error)}</p>' if form.error else ""
     return (
         f'<form method="post" action="{escape(action)}" class="answer">{error}'
@@ -116,6 +119,12 @@ def read_answer(form: AnswerForm, posted: dict[str, str]) -> Event:
             form.error or f"The event type {form.type_name!r} cannot be imported here."
         )
     data: dict[str, Any] = {}
+    extra = posted.get(RAW_FIELD, "").strip()
+    if extra:
+        more = _convert("other fields", "json", extra)
+        if not isinstance(more, dict):
+            raise AnswerInvalidError('"other fields" must be a JSON object, e.g. {"note": "ok"}.')
+        data.update(more)
     for name, spec in _properties(form).items():
         kind = _kind(spec)
         text = posted.get(name)
