@@ -40,7 +40,9 @@ def check_bind(host: str, token: str | None) -> None:
         )
 
 
-def serve(db: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None) -> None:
+def serve(
+    db: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None
+) -> None:
     """Serve the viewer on ``host:port`` until interrupted."""
     check_bind(host, token)
     try:

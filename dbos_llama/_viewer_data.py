@@ -10,7 +10,7 @@ read-only `DBOSClient` on the same database.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,11 +33,20 @@ DERIVED = {
     "released": [CANCELLED],
 }
 #: DBOS statuses offered as filters.
-STATUSES = ["PENDING", "ENQUEUED", "SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
+STATUSES = [
+    "PENDING",
+    "ENQUEUED",
+    "SUCCESS",
+    "ERROR",
+    "CANCELLED",
+    "MAX_RECOVERY_ATTEMPTS_EXCEEDED",
+]
 #: Rows a derived filter looks through for one page before it offers "older".
 SCAN_LIMIT = 2000
 #: Rows read per database query while a derived filter scans.
 SCAN_BATCH = 200
+#: Reading a state whose classes cannot be imported here fails with these.
+_STATE_ERRORS: tuple[type[Exception], ...] = (*UNREADABLE_VALUE_ERRORS, LookupError, ValueError)
 #: What the page shows for a value this process cannot deserialize.
 NOT_READABLE = "not readable here"
 
@@ -94,7 +103,6 @@ class RunView:
     edits: list[tuple[str, int, Any]]
     result: Any
     waiting_human: bool
-    problems: list[str] = field(default_factory=list)
 
     @property
     def awaited_prompt(self) -> str | None:
@@ -118,8 +126,10 @@ def is_input_request(entry: StreamEntry) -> bool:
 def asks_human(steps: list[StepInvocationInfo]) -> bool:
     """Whether the last step invocation returned an ``InputRequiredEvent`` (recorded
     before the run writes it to its stream) and nothing ran after it."""
-    return bool(steps) and steps[-1].duration is not None and steps[-1].output.startswith(
-        "InputRequiredEvent"
+    return (
+        bool(steps)
+        and steps[-1].duration is not None
+        and steps[-1].output.startswith("InputRequiredEvent")
     )
 
 
@@ -203,11 +213,10 @@ class Reader:
             )
         }
         invocations = [_invocation(s, statuses.get(s.invocation_id)) for s in steps]
-        problems: list[str] = []
         stream = [e async for e in self.client.stream_entries(run_id, follow=False)]
         try:
             state: Any = await self.client.get_state(run_id)
-        except (*UNREADABLE_VALUE_ERRORS, LookupError, ValueError) as error:
+        except _STATE_ERRORS as error:
             state = f"{NOT_READABLE} ({type(error).__name__}: {error})"
         edits, _ = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
         own = statuses.get(run_id)
@@ -222,7 +231,6 @@ class Reader:
             result=await self._result(info),
             waiting_human=not info.finished
             and ((bool(stream) and is_input_request(stream[-1])) or asks_human(steps)),
-            problems=problems,
         )
 
     async def _result(self, info: RunInfo) -> Any:
@@ -279,4 +287,3 @@ def parse_time(text: str | None) -> datetime | None:
 def epoch(moment: datetime | None) -> float | None:
     """Seconds since the epoch, for the timeline."""
     return None if moment is None else moment.timestamp()
-

@@ -28,7 +28,8 @@ border-bottom:1px solid #e3e6eb;text-align:left;vertical-align:top}
 .PENDING,.pending{background:#fde7b0}.CANCELLED,.cancelled{background:#ddd}
 .ENQUEUED{background:#d6e4ff}.human{background:#ffd2f0}.held{background:#ffe0c2}
 .released{background:#e4d7ff}p.error{padding:8px;border-radius:4px}
-.muted{color:#778}pre{background:#fff;padding:8px;border:1px solid #e3e6eb;overflow:auto;
+.muted{color:#778}table.facts{width:auto}
+pre{background:#fff;padding:8px;border:1px solid #e3e6eb;overflow:auto;
 max-height:300px;margin:0}form.filters{display:flex;gap:8px;margin-bottom:10px;flex-wrap:wrap}
 form.answer label{display:block;margin:6px 0}form.answer textarea{width:420px}
 .actions{display:flex;gap:14px;flex-wrap:wrap;align-items:flex-start}
@@ -95,7 +96,9 @@ def runs_rows(found: RunsPage) -> str:
     rows = []
     for row in found.rows:
         r = row.info
-        forked = f"{escape(r.forked_from)} @ {escape(r.forked_from_step or '')}" if r.forked_from else ""
+        forked = (
+            f"{escape(r.forked_from)} @ {escape(r.forked_from_step or '')}" if r.forked_from else ""
+        )
         rows.append(
             f'<tr class="run" data-run="{escape(r.run_id)}">'
             f'<td><a href="/runs/{escape(r.run_id, quote=True)}">{escape(r.run_id)}</a></td>'
@@ -142,8 +145,8 @@ def runs_page(found: RunsPage, wanted: RunFilter, query: dict[str, str], db: str
         nav.append(f'<a id="older" href="/?{escape(nxt)}">older →</a>')
     src = "/fragments/runs?" + urlencode({**keep, "offset": found.offset})
     body = (
-        f"{filters}<div id=\"live\" data-src=\"{escape(src)}\">{runs_rows(found)}</div>"
-        f'<p>{" · ".join(nav)}</p>'
+        f'{filters}<div id="live" data-src="{escape(src)}">{runs_rows(found)}</div>'
+        f"<p>{' · '.join(nav)}</p>"
     )
     return page("Runs", body, redact(db))
 
@@ -172,7 +175,9 @@ def run_live(view: RunView) -> str:
     if view.attempts > 1:
         facts.append(("recoveries", f'<b class="crash">recovered {view.attempts - 1}×</b>'))
     if info.forked_from:
-        link = f'<a href="/runs/{escape(info.forked_from, quote=True)}">{escape(info.forked_from)}</a>'
+        link = (
+            f'<a href="/runs/{escape(info.forked_from, quote=True)}">{escape(info.forked_from)}</a>'
+        )
         facts.append(("forked from", f"{link} at step {escape(info.forked_from_step or '')}"))
     if info.error:
         facts.append(("error", f'<span class="error">{escape(redact(info.error))}</span>'))
@@ -187,12 +192,18 @@ def run_live(view: RunView) -> str:
             f"<li>{escape(c.name)}: {'ok' if c.ok else 'error'} {escape(c.output)}</li>"
             for c in s.calls
         )
-        reexec = f' <b class="crash">re-executed ({inv.attempts} executions)</b>' if inv.attempts > 1 else ""
+        reexec = (
+            f' <b class="crash">re-executed ({inv.attempts} executions)</b>'
+            if inv.attempts > 1
+            else ""
+        )
+        number = "" if s.number is None else str(s.number)
+        took = "" if s.duration is None else f"{s.duration:.3f}s"
         steps.append(
-            f'<tr data-invocation="{escape(s.invocation_id)}"><td>{s.number if s.number is not None else ""}</td>'
+            f'<tr data-invocation="{escape(s.invocation_id)}"><td>{number}</td>'
             f"<td>{escape(s.step)}{' (reused)' if s.reused else ''}{reexec}</td>"
             f'<td><span class="badge {escape(s.status)}">{escape(s.status)}</span></td>'
-            f"<td>{_time(s.started_at)}</td><td>{'' if s.duration is None else f'{s.duration:.3f}s'}</td>"
+            f"<td>{_time(s.started_at)}</td><td>{took}</td>"
             f"<td>{escape(s.output)}<ul>{calls}</ul></td></tr>"
         )
     stream = "".join(
@@ -242,7 +253,9 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
             f'<form method="post" action="{base}/resume">{token}'
             '<button type="submit" id="resume">Resume run</button></form>'
         )
-    names = [f"{i.step.step}/{i.step.number}" for i in view.invocations if i.step.number is not None]
+    names = [
+        f"{i.step.step}/{i.step.number}" for i in view.invocations if i.step.number is not None
+    ]
     if names:
         choices = "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in names)
         actions.append(
@@ -262,5 +275,6 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
 
 def error_page(title: str, message: str, db: str) -> str:
     """A page saying what went wrong and what to do."""
-    body = f'<h1>{escape(title)}</h1><p class="error">{escape(redact(message))}</p><a href="/">All runs</a>'
+    body = f'<h1>{escape(title)}</h1><p class="error">{escape(redact(message))}</p>'
+    body += '<a href="/">All runs</a>'
     return page(title, body, redact(db))

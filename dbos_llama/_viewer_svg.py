@@ -60,7 +60,7 @@ def crashes(view: RunView, now: float) -> list[Crash]:
             if begun is not None:
                 points += [begun, begun + (call.duration or 0.0)]
         points.sort()
-        best = max(zip(points, points[1:]), key=lambda p: p[1] - p[0], default=None)
+        best = max(zip(points, points[1:], strict=False), key=lambda p: p[1] - p[0], default=None)
         if best is not None and best[1] - best[0] >= MIN_GAP_SEC:
             found.append(Crash(inv.step.invocation_id, inv.attempts, best[0], best[1]))
         else:
@@ -115,7 +115,7 @@ def timeline_svg(view: RunView, now: float | None = None) -> str:
     found = {c.invocation_id: c for c in crashes(view, now)}
     rows: list[str] = []
     y = 24
-    for inv, (start, end) in zip(invs, spans):
+    for inv, (start, end) in zip(invs, spans, strict=True):
         step = inv.step
         crash = found.get(step.invocation_id)
         css = "reused" if step.reused else step.status.lower()
@@ -183,8 +183,9 @@ def _crash_marks(crash: Crash, x: Any, y: int) -> str:
         where = x(crash.gap_start)
     else:
         where = LABEL_W
+    down = f", no process ran it for {_fmt(crash.gap)}" if crash.gap_start is not None else ""
     parts.append(
-        f'<text class="crash" x="{where + 3:.1f}" y="{y + 15}">⚡ crashed, re-executed '
+        f'<text class="crash" x="{where + 3:.1f}" y="{y + 15}">⚡ crashed{down}; re-executed '
         f"({crash.attempts} executions)</text>"
     )
     return "".join(parts)
@@ -219,7 +220,7 @@ def _graph_edges(view: RunView) -> tuple[list[tuple[str, str, str]], list[str]]:
     for inv in view.invocations:
         if inv.step.step not in order:
             order.append(inv.step.step)
-    edges = [(a, b, "") for a, b in zip(order, order[1:])]
+    edges = [(a, b, "") for a, b in zip(order, order[1:], strict=False)]
     return edges, order
 
 

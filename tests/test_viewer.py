@@ -85,7 +85,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     done = kill_then_finish(db, "chain3", "order-1", {"x": "a"}, log, crash_at="two:between")
     assert done.result == "<one:a><two-a><two-b><three>"
     asked = run_driver(
-        db, "approval", "refund-8", {"customer": "bo"}, log, extra_env={"DBOS_LLAMA_EXIT_ON_INPUT": "1"}
+        db,
+        "approval",
+        "refund-8",
+        {"customer": "bo"},
+        log,
+        extra_env={"DBOS_LLAMA_EXIT_ON_INPUT": "1"},
     )
     assert asked.returncode == 0, asked.stderr
     worker = start_driver(db, "approval", "refund-7", {"customer": "ada"}, log)
@@ -149,7 +154,10 @@ def test_runs_page_lists_runs_and_filters(world: World, browser: Any) -> None:
     _wait_waiting(world, "refund-7")
     _wait_waiting(world, "refund-8")  # the worker recovers it too (ENQUEUED a moment)
     browser.get(world.viewer.base_url + "/")
-    rows = {r.get_attribute("data-run"): r.text for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")}
+    rows = {
+        r.get_attribute("data-run"): r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")
+    }
     assert "SUCCESS" in rows["order-1"]
     assert "waiting for a human" in rows["refund-8"]
     names = list(rows)
@@ -230,7 +238,9 @@ def test_fork_appears_as_a_new_run(world: World, browser: Any) -> None:
     title = browser.find_element(By.TAG_NAME, "h1").text
     new_id = title.removeprefix("Run ")
     assert new_id.startswith("order-1-fork-")
-    assert "forked from\norder-1 at step two/1" in _body(browser) or "order-1 at step two/1" in _body(browser)
+    assert "forked from\norder-1 at step two/1" in _body(
+        browser
+    ) or "order-1 at step two/1" in _body(browser)
     browser.get(world.viewer.base_url + "/")
     rows = [r.get_attribute("data-run") for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")]
     assert rows[0] == new_id
@@ -259,9 +269,7 @@ def test_cli_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
     assert open_bind.returncode == 1 and "--token" in open_bind.stderr
 
 
-def test_token_password_and_unreadable_values_on_postgres(
-    pg_database: Any, tmp_path: Path
-) -> None:
+def test_token_password_and_unreadable_values_on_postgres(pg_database: Any, tmp_path: Path) -> None:
     """A viewer without the workflow code, on PostgreSQL with a password in its URL,
     requiring a token."""
     db = pg_database()
@@ -276,7 +284,9 @@ def test_token_password_and_unreadable_values_on_postgres(
         assert httpx.get(base + "/").status_code == 401
         with httpx.Client(base_url=base) as client:
             entered = client.get("/runs/pg-1?token=tok-123")
-            assert entered.status_code == 303 and "dbos_llama_token" in entered.headers["set-cookie"]
+            assert (
+                entered.status_code == 303 and "dbos_llama_token" in entered.headers["set-cookie"]
+            )
             page = client.get("/runs/pg-1")
             assert page.status_code == 200
             assert "not readable here" in page.text and "s3cret-pw" not in page.text
