@@ -18,10 +18,10 @@ from dbos import DBOSClient, WorkflowStatus
 
 from . import _naming
 from ._client import DurableClient
-from ._history import StepInvocationInfo, jsonable, unreadable
+from ._history import StepInvocationInfo, jsonable, outcome_summary, unreadable
 from ._json_serializer import JsonDataSerializer
 from ._patches import recorded_edits
-from ._records import CANCELLED, ENQUEUED, PENDING
+from ._records import CANCELLED, ENQUEUED, PENDING, SUCCESS
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._serialization import UNREADABLE_VALUE_ERRORS
 
@@ -164,9 +164,8 @@ class Reader:
                 load_input=False,
                 load_output=False,
             )
-            for status in found:
+            for row in await self._rows(found):
                 offset += 1
-                row = await self._row(status)
                 if row is not None and _matches(row, wanted.status):
                     rows.append(row)
                     if len(rows) > wanted.limit:
@@ -178,27 +177,43 @@ class Reader:
                 return RunsPage(rows, wanted.offset, offset)
         return RunsPage(rows[: wanted.limit], wanted.offset, offset)
 
-    async def _row(self, status: WorkflowStatus) -> RunRow | None:
-        info = run_info(status)
-        if info is None:
-            return None
-        if status.status == CANCELLED:
-            # Released runs are CANCELLED in DBOS: the client tells them apart.
-            info = await self.client.get_run(status.workflow_id)
-        waiting = not info.finished and await self._waits_for_human(info.run_id)
-        return RunRow(info, waiting)
+    async def _rows(self, found: list[WorkflowStatus]) -> list[RunRow | None]:
+        """A row per status (None: not a durable run). Whether a running run waits
+        for a human is read for the whole batch at once: its newest step invocation
+        (by number) ended returning an ``InputRequiredEvent``."""
+        infos: list[RunInfo | None] = []
+        for status in found:
+            info = run_info(status)
+            if info is not None and status.status == CANCELLED:
+                # Released runs are CANCELLED in DBOS: the client tells them apart.
+                info = await self.client.get_run(status.workflow_id)
+            infos.append(info)
+        running = [i.run_id for i in infos if i is not None and i.status == PENDING]
+        asking = await self._asking(running) if running else set()
+        return [
+            None if i is None else RunRow(i, i.run_id in asking or i.released) for i in infos
+        ]
 
-    async def _waits_for_human(self, run_id: str) -> bool:
-        last = await self._last_entry(run_id)
-        if last is not None and is_input_request(last):
-            return True
-        return asks_human(await self.client.steps(run_id))
-
-    async def _last_entry(self, run_id: str) -> StreamEntry | None:
-        last = None
-        async for entry in self.client.stream_entries(run_id, follow=False):
-            last = entry
-        return last
+    async def _asking(self, run_ids: list[str]) -> set[str]:
+        """Those of ``run_ids`` whose newest step invocation returned an
+        InputRequiredEvent (one query for all)."""
+        children = await self._dbos.list_workflows_async(
+            parent_workflow_id=run_ids, load_input=False, load_output=True
+        )
+        newest: dict[str, tuple[int, WorkflowStatus]] = {}
+        for child in children:
+            number = _naming.invocation_number(child.workflow_id)
+            parent = child.parent_workflow_id
+            if parent is None or number is None:
+                continue
+            if parent not in newest or newest[parent][0] < number:
+                newest[parent] = (number, child)
+        return {
+            parent
+            for parent, (_, child) in newest.items()
+            if child.status == SUCCESS
+            and outcome_summary(child.output).startswith("InputRequiredEvent")
+        }
 
     async def run_view(self, run_id: str) -> RunView:
         """The run, its step invocations with their executions, stream, state,
