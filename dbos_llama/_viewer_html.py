@@ -8,11 +8,13 @@ import json
 from datetime import datetime, timezone
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+from . import _registry
 from ._history import jsonable
 from ._redact import redact
 from ._run_info import RunInfo
+from ._upstream import class_accepted_events
 from ._viewer_data import DERIVED, NOT_READABLE, STATUSES, RunFilter, RunsPage, RunView
 from ._viewer_forms import AnswerForm, render_form
 from ._viewer_svg import graph_svg, timeline_svg
@@ -243,7 +245,12 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
     token = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
     actions = []
     if not info.finished:
-        actions.append(render_form(form, base + "/answer", csrf))
+        kinds = "".join(
+            f' <a href="{base}?type={quote(name)}">{escape(name.rpartition(".")[2])}</a>'
+            for name in answer_types(info.workflow)
+        )
+        picked = f'<p class="muted">answer with:{kinds}</p>' if kinds else ""
+        actions.append(picked + render_form(form, base + "/answer", csrf))
         actions.append(
             f'<form method="post" action="{base}/cancel">{token}'
             '<button type="submit" id="cancel">Cancel run</button></form>'
@@ -271,6 +278,17 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
         f'<div id="live" data-src="{src}">{run_live(view)}</div>'
     )
     return page(f"Run {info.run_id}", body, redact(db))
+
+
+def answer_types(workflow: str) -> list[str]:
+    """The event classes the workflow's steps accept (``module.QualName``), when its
+    class is imported in this process (by reading its values); else none."""
+    binding = _registry.lookup(workflow)
+    if binding is None:
+        return []
+    accepted = class_accepted_events(binding.cls)
+    names = [f"{c.__module__}.{c.__qualname__}" for c in accepted]
+    return [n for n in names if not n.endswith((".StartEvent", ".StopEvent"))]
 
 
 def error_page(title: str, message: str, db: str) -> str:
