@@ -42,7 +42,7 @@ svg text{font:11px system-ui,sans-serif}.timeline .bar{fill:#7fb07f}
 .timeline .call rect{fill:#5c7fa8}.timeline .call.error rect{fill:#d55}
 .timeline .downtime{fill:#f3d2d2;stroke:#c33;stroke-dasharray:3 2}
 .timeline .crash{fill:#b00;font-weight:bold}.human-wait rect{fill:#f5c6e6}
-.axis{fill:#778}.graph rect{fill:#eee;stroke:#556}.graph .event rect{fill:#fff}
+.axis{fill:#778}.retry{fill:#a55}.graph rect{fill:#eee;stroke:#556}.graph .event rect{fill:#fff}
 .graph .success rect{fill:#cdeccf}.graph .pending rect{fill:#fde7b0}
 .graph .error rect{fill:#f6c9c9}.graph .cancelled rect{fill:#ddd}
 .graph .not-run rect{fill:#fafafa;stroke-dasharray:3 2}.edge{stroke:#889}

@@ -114,11 +114,13 @@ def timeline_svg(view: RunView, now: float | None = None) -> str:
 
     found = {c.invocation_id: c for c in crashes(view, now)}
     rows: list[str] = []
+    failed_at: dict[str, float] = {}  # step -> end of its last failed invocation
     y = 24
     for inv, (start, end) in zip(invs, spans, strict=True):
         step = inv.step
         crash = found.get(step.invocation_id)
-        css = "reused" if step.reused else step.status.lower()
+        failed = step.output.startswith("failed:")
+        css = "reused" if step.reused else "error" if failed else step.status.lower()
         label = f"{step.step}/{step.number}" if step.number is not None else step.step
         tip = f"{step.invocation_id}: {step.status}, {_fmt(end - start)}"
         if inv.queued_ms:
@@ -134,6 +136,14 @@ def timeline_svg(view: RunView, now: float | None = None) -> str:
         )
         if crash is not None:
             rows.append(_crash_marks(crash, x, y))
+        if step.step in failed_at:  # the step failed before: this is its retry
+            delay = start - failed_at.pop(step.step)
+            rows.append(
+                f'<text class="retry" x="{x(end) + 4:.1f}" y="{y + 15}">retry, '
+                f"{_fmt(max(0.0, delay))} after the failure</text>"
+            )
+        if failed:
+            failed_at[step.step] = end
         rows.append("</g>")
         y += ROW_H
         for call in step.calls:
@@ -163,7 +173,7 @@ def timeline_svg(view: RunView, now: float | None = None) -> str:
         f'<text class="axis" x="{LABEL_W + AXIS_W}" y="14" text-anchor="end">'
         f"{_fmt(t1 - t0)}</text>"
     )
-    width, height = LABEL_W + AXIS_W + 10, y + 10
+    width, height = LABEL_W + AXIS_W + 230, y + 10  # room for the labels after a bar
     return (
         f'<svg class="timeline" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="timeline">{axis}'

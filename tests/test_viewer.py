@@ -93,6 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         extra_env={"DBOS_LLAMA_EXIT_ON_INPUT": "1"},
     )
     assert asked.returncode == 0, asked.stderr
+    assert "ok after" in run_driver(db, "flaky", "f-1", {}, log).result  # 2 failures, retried
     worker = start_driver(db, "approval", "refund-7", {"customer": "ada"}, log)
     viewer = start_viewer(db, log)
     try:
@@ -189,6 +190,13 @@ def test_crash_marker_is_on_the_reexecuted_invocation(world: World, browser: Any
     assert {g.get_attribute("data-node") for g in graph} == {"one", "two", "three"}
     assert '"<one:a><two-a><two-b><three>"' in browser.find_element(By.ID, "result").text
     _shot(browser, world, "run")
+
+
+def test_retries_are_marked_with_their_delay(world: World) -> None:
+    page = httpx.get(world.viewer.base_url + "/runs/f-1").text
+    # Two failed invocations of "shaky", each retried (the retry policy's delay).
+    assert page.count('class="inv error"') == page.count('class="retry"') == 2
+    assert "after the failure" in page
 
 
 def test_invalid_answer_shows_the_error_and_sends_nothing(world: World, browser: Any) -> None:
