@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -391,11 +392,14 @@ def ui(
     ] = None,
 ) -> None:
     """Serve a web viewer of the runs (needs the server extra): look, answer, cancel, fork."""
-    from ._viewer import check_bind, serve
+    from ._viewer import ViewerSetupError, check_bind, serve
 
-    _checked(lambda: check_bind(host, token))
-    _run(db, lambda c: c.list_runs(since=timedelta(0)))  # the database opens, as for `runs`
-    _checked(lambda: serve(db, host, port, token))
+    try:
+        check_bind(host, token)
+        _run(db, lambda c: c.list_runs(since=timedelta(0)))  # the database opens, as for `runs`
+        serve(db, host, port, token)
+    except ViewerSetupError as error:
+        _fail(escape(str(error)))  # its "[server]" is not rich markup
 
 
 def main() -> None:

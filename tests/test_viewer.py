@@ -94,6 +94,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     assert asked.returncode == 0, asked.stderr
     assert "ok after" in run_driver(db, "flaky", "f-1", {}, log).result  # 2 failures, retried
+    assert run_driver(db, "tally", "t-1", {"customer": "cy"}, log).result["count"] == 11
     worker = start_driver(db, "approval", "refund-7", {"customer": "ada"}, log)
     viewer = start_viewer(db, log)
     try:
@@ -199,6 +200,27 @@ def test_retries_are_marked_with_their_delay(world: World) -> None:
     assert "after the failure" in page
 
 
+def test_state_and_its_edits(world: World) -> None:
+    page = httpx.get(world.viewer.base_url + "/runs/t-1").text
+    state = page.split('<div id="state">', 1)[1].split("</div>", 1)[0]
+    assert "&quot;count&quot;: 11" in state and "&quot;customer&quot;: &quot;cy&quot;" in state
+    edits = page.split('<table id="edits">', 1)[1].split("</table>", 1)[0]
+    assert edits.count(">one/0<") >= 2 and ">two/1<" in edits  # JSON Patches, by invocation
+
+
+def test_paging_and_time_filters(world: World) -> None:
+    base = world.viewer.base_url
+    first = httpx.get(base + "/?limit=1").text
+    assert first.count('<tr class="run"') == 1 and 'id="older"' in first
+    second = httpx.get(base + "/?limit=1&offset=1").text
+    assert second.count('<tr class="run"') == 1 and "newer" in second
+    assert first.split('data-run="')[1][:10] != second.split('data-run="')[1][:10]
+    assert 'data-run="order-1"' in httpx.get(base + "/?since=1h").text
+    assert '<tr class="run"' not in httpx.get(base + "/?until=2000-01-01").text
+    assert httpx.get(base + "/?since=yesterday").status_code == 400
+    assert httpx.get(base + "/?workflow=tests.flows.Chain3").text.count('<tr class="run"') >= 1
+
+
 def test_invalid_answer_shows_the_error_and_sends_nothing(world: World, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
@@ -275,6 +297,17 @@ def test_cli_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
     assert ui.stderr == listed.stderr and "No SQLite database" in ui.stderr
     open_bind = run("ui", "--db", missing, "--host", "0.0.0.0")
     assert open_bind.returncode == 1 and "--token" in open_bind.stderr
+    # Without the server extra (uvicorn cannot be imported): what to install.
+    db = f"sqlite:///{tmp_path / 'dbos.sqlite'}"
+    assert run_driver(db, "chain3", "c-1", {"x": "c"}, tmp_path / "log").returncode == 0
+    blocked = (
+        "import sys; sys.modules['uvicorn'] = None; from dbos_llama._cli import main; "
+        f"sys.argv = ['dbos-llama', 'ui', '--db', {db!r}]; main()"
+    )
+    no_extra = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert no_extra.returncode == 1 and 'pip install "dbos-llama[server]"' in no_extra.stderr
 
 
 def test_token_password_and_unreadable_values_on_postgres(pg_database: Any, tmp_path: Path) -> None:
