@@ -22,14 +22,15 @@ from workflows.runtime.types.step_function import (
 
 from ._registry import binding_of
 from ._serialization import ensure_serializable
-from ._upstream import class_accepted_events, runtime_chain
+from ._upstream import class_accepted_events, dbos_launched, runtime_chain
+from .errors import DBOSNotLaunchedError
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
     from workflows.workflow import Workflow
 
 from ._adapters import DBOSExternalAdapter, DBOSInternalAdapter
-from ._context import run_id_var
+from ._context import attaching, run_id_var
 from ._run_state import _runs, run_state
 
 
@@ -95,11 +96,20 @@ class DBOSRuntime(Runtime):
             return DBOSExternalAdapter(existing)
         if start_event is None:
             raise binding.error_no_start_event()
-        ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
+        if not dbos_launched():
+            raise DBOSNotLaunchedError(
+                f"Cannot start run {run_id!r} of durable workflow {binding.name!r}: DBOS is "
+                "not launched. Configure DBOS(config=...) and call DBOS.launch() first, "
+                "inside the running event loop (in your async main), then run workflows."
+            )
+        attach = attaching.get()
+        if attach != "attach-only":
+            what = f"The start event of {binding.name} (run {run_id!r})"
+            ensure_serializable(start_event, what)
         run = run_state(run_id)
         run.instance = workflow  # its body and steps run on this instance here
         run.start_task = asyncio.get_running_loop().create_task(
-            binding.start_run(run_id, start_event)
+            binding.start_run(run_id, start_event, attach)
         )
         return DBOSExternalAdapter(run)
 
