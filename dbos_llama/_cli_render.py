@@ -107,9 +107,10 @@ def run_header(run: RunInfo) -> None:
 
 def timeline_table(steps: list[StepInvocationInfo]) -> None:
     """``runs show``: each step invocation and the recorded calls inside it."""
-    labels = [s.step + " (reused) ↻" for s in steps]
-    labels += [f"  └ {c.name} ↻" for s in steps for c in s.calls]
-    step_width = min(max([len(label) for label in labels] + [4]), 30)
+    cap = max(20, out.width // 4)
+    labels = [s.step + (" (reused)" if s.reused else "") + " ↻" for s in steps]
+    labels += [f"  └ {_fit(c.name, cap - 6)} ↻" for s in steps for c in s.calls]
+    step_width = min(max([len(label) for label in labels] + [4]), cap)
     # Columns apart from STEP and OUTPUT: #, STATUS, START, TOOK (and 2 between each).
     rest = 3 + 9 + 12 + 8 + 2 * 5
     table = Table(box=None, header_style="bold", pad_edge=False)
@@ -132,7 +133,7 @@ def timeline_table(steps: list[StepInvocationInfo]) -> None:
         for call in s.calls:
             table.add_row(
                 "",
-                f"  └ {call.name}" + (" ↻" if call.after_restart else ""),
+                f"  └ {_fit(call.name, step_width - 6)}" + (" ↻" if call.after_restart else ""),
                 "ok" if call.ok else "error",
                 clock(call.started_at),
                 seconds(call.duration),
@@ -143,6 +144,14 @@ def timeline_table(steps: list[StepInvocationInfo]) -> None:
         out.print("No step has been called yet.")
     elif any(s.reexecuted for s in steps):
         out.print(RESTART_LEGEND, style="dim", soft_wrap=False)
+
+
+def _fit(name: str, width: int) -> str:
+    """A dotted name, without its leading parts if it is wider than ``width``."""
+    parts = name.split(".")
+    while len(parts) > 1 and len(".".join(parts)) > width:
+        parts.pop(0)
+    return ".".join(parts)
 
 
 def print_entry(entry: dict[str, Any], as_json: bool) -> None:

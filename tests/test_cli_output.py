@@ -71,7 +71,7 @@ def test_tables_fit_80_columns(crashed: str) -> None:
         assert lines and all(len(line.rstrip()) <= 80 for line in lines), "\n".join(lines)
     table = cli(crashed, "runs", "show", "long-1", columns=80).stdout
     assert "…" in table  # long outputs are shortened in the table (not in --json)
-    assert "└ tests.flows.effect" in table and "three" in table
+    assert "└ flows.effect" in table and "three" in table  # module path shortened
 
 
 def test_database_url_errors_say_what_to_write(tmp_path: Path) -> None:
