@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 import re
@@ -26,7 +28,7 @@ from ._client import DurableClient
 from ._event_json import event_from_json
 from ._history import StepInvocationInfo
 from ._run_info import RunInfo
-from .errors import DurableError
+from .errors import DurableError, EventDecodeError
 
 app = typer.Typer(
     name="dbos-llama",
@@ -53,6 +55,16 @@ Db = Annotated[
 ]
 AsJson = Annotated[
     bool, typer.Option("--json", metavar="", help="Print JSON for scripts (values in full).")
+]
+Imports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import",
+        metavar="MODULE",
+        help="Import this module of the application first (repeatable), so that values "
+        "stored as JSON (JsonDataSerializer) read back as its classes; pickled values "
+        "import their modules by themselves.",
+    ),
 ]
 RunId = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's ID.", show_default=False)]
 
@@ -122,8 +134,9 @@ def list_runs(
 
 
 @runs_app.command("show")
-def show(run_id: RunId, db: Db = None, as_json: AsJson = False) -> None:
+def show(run_id: RunId, db: Db = None, imports: Imports = None, as_json: AsJson = False) -> None:
     """A run and the timeline of its steps, with the recorded calls inside each step."""
+    _import(imports)
 
     async def read(client: DurableClient) -> tuple[RunInfo, list[StepInvocationInfo]]:
         run = await client.get_run(run_id)  # a run ID or a server handler ID
@@ -147,10 +160,12 @@ def events(
     offset: Annotated[
         int, typer.Option("--offset", metavar="N", help="Start at this stream offset.")
     ] = 0,
+    imports: Imports = None,
     as_json: AsJson = False,
 ) -> None:
     """The run's event stream (what its steps wrote with ctx.write_event_to_stream).
     With --json: a JSON array, or one JSON object per line with --follow."""
+    _import(imports)
 
     async def read(client: DurableClient) -> list[dict[str, Any]]:
         entries = []
@@ -206,6 +221,23 @@ def send(
         print_json({"run_id": run_id, "sent": kind, "status": run.status})
     else:
         out.print(f"Sent {kind} to run {run_id} ({run.status}).")
+
+
+def _import(modules: list[str] | None) -> None:
+    """Import the application modules named by ``--import`` (never a module named by
+    stored data: the system database is not trusted to choose code)."""
+    for module in modules or []:
+        _checked(functools.partial(_import_module, module))
+
+
+def _import_module(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise EventDecodeError(
+            f"--import {module}: cannot import it ({error}). Run the command from the "
+            "directory your application imports from (the project root)."
+        ) from None
 
 
 def _checked(make: Callable[[], Any]) -> Any:

@@ -32,6 +32,10 @@ from dbos_llama import durable
 LEDGER = Path(os.environ.get("EXAMPLE_LEDGER", "ledger.txt"))
 
 
+#: Tools this process executed (a restarted process replays the others' results).
+RAN_HERE: set[str] = set()
+
+
 def record(call: str) -> None:
     """The side effect of a call: one line in the ledger per execution."""
     with LEDGER.open("a") as f:
@@ -86,6 +90,7 @@ class ScriptedLLM(FunctionCallingLLM):
 def get_weather(city: str) -> str:
     """Current weather of a city."""
     record(f"tool get_weather({city!r})")  # imagine a paid weather API
+    RAN_HERE.add("get_weather")
     return f"Sunny, 24 C in {city}"
 
 
@@ -95,6 +100,7 @@ def book_table(restaurant: str, people: int) -> str:
         print("  ... process dies now (os._exit), between two tool calls", flush=True)
         os._exit(1)
     record(f"tool book_table({restaurant!r}, {people})")
+    RAN_HERE.add("book_table")
     return "booked, ref T-42"
 
 
@@ -114,7 +120,11 @@ async def app(db_url: str) -> None:
         streamed = ""
         async for event in handler.stream_events():  # the run's durable event stream
             if isinstance(event, ToolCallResult):
-                print(f"  event: tool {event.tool_name} -> {event.tool_output.content}", flush=True)
+                # A restarted process streams the run's events from the start: the
+                # ones recorded before the crash come back, their tools not run again.
+                seen = "" if event.tool_name in RAN_HERE else " (recorded earlier, not run again)"
+                line = f"  event: tool {event.tool_name} -> {event.tool_output.content}{seen}"
+                print(line, flush=True)
             elif isinstance(event, AgentStream):
                 streamed += event.delta
         print(f"  streamed: {streamed.strip()}", flush=True)
