@@ -31,15 +31,14 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import _path  # noqa: F401  # makes examples.flows importable
 from dbos import DBOS
-from workflows import Workflow, step
-from workflows.events import Event, StartEvent, StopEvent
 
-from dbos_llama import DurableClient, Fleet, durable, durable_step
+from dbos_llama import DurableClient, Fleet
+from examples.flows.summaries import LEDGER, QUEUE, Summaries
 
 DB_URL = os.environ.get("DBOS_LLAMA_DB", "postgresql://postgres@127.0.0.1:5432/dbos_llama_workers")
-#: The DBOS queue the workers take runs from, and its limits.
-QUEUE = "documents"
+#: The limits of the DBOS queue (QUEUE) the workers take runs from.
 WORKER_CONCURRENCY = 4  # runs at once in each worker process
 GLOBAL_CONCURRENCY = 6  # runs at once across all workers
 #: Every process of the deployment sets the same DBOS application version: DBOS hands
@@ -49,44 +48,6 @@ APP_VERSION = "workers-example-1"
 #: A worker that stops renewing its lease for this long is declared dead and its
 #: runs are taken over (30 s by default; short here for the demo).
 LEASE_SECONDS = 5.0
-LEDGER = Path(os.environ.get("EXAMPLE_LEDGER", "ledger.txt"))
-
-
-def record(call: str) -> None:
-    """The side effect of an external call: one ledger line per execution."""
-    with LEDGER.open("a") as f:
-        f.write(f"{DBOS.executor_id} {os.getpid()} {call}\n")
-
-
-@durable_step
-async def fetch_document(doc: str) -> str:
-    record(f"fetch_document({doc})")
-    await asyncio.sleep(0.3)  # a slow download
-    return f"the text of {doc}"
-
-
-@durable_step(max_attempts=3)
-async def call_model(text: str) -> str:
-    record(f"call_model({text})")
-    await asyncio.sleep(0.3)  # a paid LLM call
-    return f"summary of {text}"
-
-
-class Fetched(Event):
-    doc: str
-    text: str
-
-
-@durable(name="summaries", queue=QUEUE)  # runs are submitted to the queue
-class Summaries(Workflow):
-    @step
-    async def fetch(self, ev: StartEvent) -> Fetched:
-        return Fetched(doc=ev.doc, text=await fetch_document(ev.doc))
-
-    @step
-    async def summarize(self, ev: Fetched) -> StopEvent:
-        summary = await call_model(ev.text)
-        return StopEvent(result={"doc": ev.doc, "summary": summary, "worker": DBOS.executor_id})
 
 
 def configure(executor_id: str) -> None:
