@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from ._cli_db import DB_ENV_VARS, ReportedByTheCommand, fail, run_with_client
 from ._cli_render import (
@@ -29,6 +30,27 @@ from ._event_json import event_from_json
 from ._history import StepInvocationInfo
 from ._run_info import RunInfo
 from .errors import DurableError, EventDecodeError
+
+
+class _Command(TyperCommand):
+    """A command whose help names arguments without Typer's type tags (``<str>``)
+    and braces (``{RUN_ID}``): the option and argument names say what to give."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's own click types
+        super().format_help(ctx, formatter)
+        lines, section, cut = [], "", 0
+        for line in "".join(formatter.buffer).split("\n"):
+            if line and not line.startswith(" "):
+                section, cut = line, 0
+            elif section == "Arguments:" and re.match(r"  \S", line):
+                tagged = line
+                line = re.sub(r" <(str|int|bool)>", "", line)
+                cut = len(tagged) - len(line)
+            elif section == "Arguments:" and line.startswith(" " * (cut + 2)):
+                line = line[cut:]  # a wrapped line of the help beside the argument
+            lines.append(line)
+        formatter.buffer[:] = [re.sub(r"\{([A-Z_]+)\}", r"\1", "\n".join(lines))]
+
 
 app = typer.Typer(
     name="dbos-llama",
@@ -87,7 +109,7 @@ def parse_since(text: str) -> datetime | timedelta:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-@runs_app.command("list")
+@runs_app.command(cls=_Command, name="list")
 def list_runs(
     db: Db = None,
     workflow: Annotated[
@@ -133,7 +155,7 @@ def list_runs(
         runs_table(found)
 
 
-@runs_app.command("show")
+@runs_app.command(cls=_Command, name="show")
 def show(run_id: RunId, db: Db = None, imports: Imports = None, as_json: AsJson = False) -> None:
     """A run and the timeline of its steps, with the recorded calls inside each step."""
     _import(imports)
@@ -150,7 +172,7 @@ def show(run_id: RunId, db: Db = None, imports: Imports = None, as_json: AsJson 
     timeline_table(steps)
 
 
-@runs_app.command("events")
+@runs_app.command(cls=_Command, name="events")
 def events(
     run_id: RunId,
     db: Db = None,
@@ -184,7 +206,7 @@ def events(
             print_entry(entry, as_json)
 
 
-@runs_app.command("send")
+@runs_app.command(cls=_Command, name="send")
 def send(
     run_id: RunId,
     event_json: Annotated[
@@ -247,7 +269,7 @@ def _checked(make: Callable[[], Any]) -> Any:
         fail(str(error))
 
 
-@runs_app.command("cancel")
+@runs_app.command(cls=_Command, name="cancel")
 def cancel(run_id: RunId, db: Db = None, as_json: AsJson = False) -> None:
     """Cancel a run and its unfinished steps (status CANCELLED); "runs resume" continues it."""
 
@@ -263,7 +285,7 @@ def cancel(run_id: RunId, db: Db = None, as_json: AsJson = False) -> None:
         out.print(f"Run {run_id} had already ended ({run.status}): nothing changed.")
 
 
-@runs_app.command("resume")
+@runs_app.command(cls=_Command, name="resume")
 def resume(run_id: RunId, db: Db = None, as_json: AsJson = False) -> None:
     """Resume a cancelled or failed run from its checkpoints (a worker with the code runs it)."""
 
@@ -278,7 +300,7 @@ def resume(run_id: RunId, db: Db = None, as_json: AsJson = False) -> None:
         out.print(f"Resumed run {run_id} ({run.status}): a worker with its code continues it.")
 
 
-@runs_app.command("fork")
+@runs_app.command(cls=_Command, name="fork")
 def fork(
     run_id: RunId,
     from_step: Annotated[
