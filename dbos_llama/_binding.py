@@ -17,13 +17,12 @@ from workflows.events import StartEvent
 
 from . import _naming, _registry
 from ._context import extra_run_attributes, outside_workflow
-from ._history import jsonable, summarize
 from ._run_state import run_state
+from ._runtime import input_conflict, same_start_event
 from ._upstream import class_step_names, step_source
 from .errors import (
     QueueNotFoundError,
     RunConflictError,
-    RunInputConflictError,
     RunNotFoundError,
     VersionMismatchError,
 )
@@ -64,17 +63,6 @@ async def _mark_held(workflow_id: str, held: dict[str, Any] | None) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _same_event(recorded: StartEvent, given: StartEvent) -> bool:
-    """Whether two start events carry the same input: same class, same fields and
-    free-form data (as JSON, so a value read back from JSON compares equal)."""
-    if type(recorded) is not type(given):
-        return False
-    try:
-        return bool(jsonable(recorded) == jsonable(given))
-    except Exception:  # fields JSON cannot show: compare the models themselves
-        return bool(recorded == given)
 
 
 def _needs_no_arguments(cls: type) -> bool:
@@ -237,15 +225,8 @@ class Binding:
         cannot read is not compared: the run is attached to, as before)."""
         args = recorded.get("args") if isinstance(recorded, dict) else None
         first = args[0] if isinstance(args, (list, tuple)) and args else None
-        if not isinstance(first, StartEvent) or _same_event(first, start_event):
-            return
-        raise RunInputConflictError(
-            f"Run {run_id!r} of durable workflow {self.name!r} already exists, started "
-            f"with {summarize(first)}; this call gives {summarize(start_event)}. A run "
-            "ID runs once: to attach to the existing run (its handler, result, stream), "
-            f"call run(run_id={run_id!r}) with no start event and no fields; to run this "
-            "input, use another run_id."
-        )
+        if isinstance(first, StartEvent) and not same_start_event(first, start_event):
+            raise input_conflict(run_id, self.name, first, start_event)
 
     async def _check_queue(self) -> None:
         assert self.queue is not None

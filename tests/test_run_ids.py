@@ -60,6 +60,17 @@ async def test_other_input_raises_and_says_how_to_attach(dbos_app: str) -> None:
     assert started == [["ada"]]  # nothing ran for the conflicting call
 
 
+async def test_other_input_while_the_run_is_live_in_this_process(dbos_app: str) -> None:
+    started.clear()
+    handler = Greet(timeout=None).run(run_id="ref-5", names=["ada"])
+    with pytest.raises(RunInputConflictError, match="run\\(run_id='ref-5'\\) with no start"):
+        Greet(timeout=None).run(run_id="ref-5", names=["zz"])  # raises at the call
+    same = Greet(timeout=None).run(run_id="ref-5", names=["ada"])
+    attached = Greet(timeout=None).run(run_id="ref-5")
+    assert await handler == await same == await attached == "hello ada"
+    assert started == [["ada"]]
+
+
 async def test_no_input_attaches_to_the_existing_run(dbos_app: str) -> None:
     started.clear()
     assert await Greet(timeout=None).run(run_id="ref-3", names=["ada"]) == "hello ada"
