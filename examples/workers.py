@@ -22,6 +22,7 @@ Or by hand, each in its own terminal (same database URL everywhere):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -50,7 +51,20 @@ APP_VERSION = "workers-example-1"
 LEASE_SECONDS = 5.0
 
 
+class QueueBackoffNote(logging.Filter):
+    """DBOS's queue threads back off when several workers dequeue at once from a queue
+    with a global limit, and say so at WARNING ("Contention detected in queue
+    thread"): expected with a fleet on one queue, not a fault. Shown at INFO here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Contention detected in queue thread"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger("dbos").isEnabledFor(logging.INFO)
+        return True
+
+
 def configure(executor_id: str) -> None:
+    logging.getLogger("dbos").addFilter(QueueBackoffNote())
     DBOS(
         config={
             "name": "workers-example",
