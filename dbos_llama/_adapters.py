@@ -26,7 +26,7 @@ from . import _naming, _release
 from ._context import invocation_var, outside_workflow
 from ._decisions import Decisions
 from ._mailbox import Mailbox
-from ._release_run import local
+from ._release_run import local, local_outbox
 from ._run_state import RunState, StreamMoved, _runs, forget_run
 from ._serialization import ensure_serializable
 from ._upstream import awaited_event_types
@@ -157,13 +157,6 @@ async def cancel_run_by_id(run_id: str) -> None:
         await outside_workflow(functools.partial(releases.cancel, run_id, cancel))
 
 
-async def wake_released(run_id: str) -> None:
-    """After an event was sent to ``run_id``: resume it if it is released."""
-    releases = local()
-    if releases is not None:
-        await outside_workflow(functools.partial(releases.wake, run_id))
-
-
 async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
     # Not a checkpoint of the sending step: the idempotency key makes a send that a
     # re-executed step repeats a no-op.
@@ -183,13 +176,19 @@ class DBOSExternalAdapter(ExternalRunAdapter):
         return self._run.run_id
 
     async def send_event(self, tick: WorkflowTick) -> None:
-        if isinstance(tick, TickAddEvent):
-            # From outside the run: carried as JSON, never as a pickle.
+        run_id = self._run.run_id
+        outbox = local_outbox()
+        if isinstance(tick, TickAddEvent) and outbox is not None:
+            # From outside the run: carried as JSON, never as a pickle; the send and
+            # the wake-up of a released run are one transaction.
             step = str(tick.step_id) if tick.step_id is not None else None
-            await envelope.send(DBOS, self._run.run_id, envelope.encode(tick.event, step))
+            message = envelope.encode(tick.event, step)
+            await outside_workflow(functools.partial(outbox.deliver, [(run_id, message)]))
         else:
-            await DBOS.send_async(self._run.run_id, tick, _naming.TICK_TOPIC)
-        await wake_released(self._run.run_id)
+            await DBOS.send_async(run_id, tick, _naming.TICK_TOPIC)
+            releases = local()
+            if releases is not None:  # a released run wakes up for it
+                await outside_workflow(functools.partial(releases.wake, run_id))
 
     async def cancel(self) -> None:
         run = self._run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -25,6 +25,7 @@ from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
 from ._records import CANCELLED, PENDING, SUCCESS, step_rows
 from ._release import RELEASED_STATES, Releases, keep_following, wait_while_released
 from ._run_info import RunInfo, StreamEntry, run_info
+from ._send import Destination, Outbox
 from ._serialization import UNREADABLE_VALUE_ERRORS
 from ._upstream import class_accepted_events
 from .errors import (
@@ -61,6 +62,7 @@ class DurableClient:
         self._sqlite = system_database_url.startswith("sqlite")
         # Runs released from memory while they wait (`@durable(idle_release=...)`).
         self._releases = Releases(system_database_url, self._dbos.resume_workflow, self._status)
+        self._outbox = Outbox(self._dbos, self._releases)
 
     async def __aenter__(self) -> DurableClient:
         return self
@@ -261,30 +263,40 @@ class DurableClient:
 
         Raises `RunNotFoundError`, `RunFinishedError`, `EventNotAcceptedError` (when
         this process has the workflow's code and no step accepts the event) or
-        `NotSerializableError`; nothing is written then.
+        `NotSerializableError`; nothing is written then. The checks, the send and
+        the wake-up of a released run are one database transaction.
+
+        Example:
+            ```python
+            await client.send_event("order-42", HumanResponseEvent(response="yes"))
+            ```
         """
-        info = await self.get_run(run_id)
-        if info.finished:
-            raise RunFinishedError(
-                f"Run {run_id!r} has already ended ({info.status}): it accepts no more "
-                "events. Start a new run instead."
+        await self.send_events([(run_id, event, step)])
+
+    async def send_events(
+        self, events: Iterable[tuple[str, Event] | tuple[str, Event, str | None]]
+    ) -> None:
+        """Deliver many events at once, each ``(run_id, event)`` or ``(run_id, event,
+        step)``: all or none. One database transaction for the whole batch (for
+        example, the answers to many waiting runs); raises as `send_event` does, for
+        the first event that cannot be delivered, and then sends nothing.
+
+        Example:
+            ```python
+            await client.send_events(
+                [(run_id, HumanResponseEvent(response="yes")) for run_id in approved]
             )
-        binding = _registry.lookup(info.workflow)
-        # A HumanResponseEvent may answer a `ctx.wait_for_event` inside a step (e.g. an
-        # agent's approval tool), which no step signature declares.
-        if binding is not None and not isinstance(event, HumanResponseEvent):
-            accepted = class_accepted_events(binding.cls)
-            if not any(isinstance(event, t) for t in accepted):
-                names = ", ".join(sorted(t.__name__ for t in accepted))
-                raise EventNotAcceptedError(
-                    f"No step of {info.workflow!r} accepts {type(event).__name__}; "
-                    f"it accepts: {names}."
-                )
-        # As JSON (portable serialization), never a pickle: the run validates it
-        # against the event types its workflow declares.
-        await envelope.send(self._dbos, run_id, envelope.encode(event, step))
-        # A run released while it waited wakes up for it.
-        await asyncio.to_thread(self._releases.wake, run_id)
+            ```
+        """
+        batch = [(item[0], item[1], item[2] if len(item) > 2 else None) for item in events]
+        messages = [(run_id, envelope.encode(event, step)) for run_id, event, step in batch]
+        if not messages:
+            return
+        check = functools.partial(_check_destinations, [(r, e) for r, e, _ in batch])
+        try:
+            await asyncio.to_thread(self._outbox.deliver, messages, check)
+        except dbos_error.DBOSNonExistentWorkflowError as missing:  # gone since the check
+            raise RunNotFoundError(f"{missing} Check the ID and the database URL.") from missing
 
     async def read_stream(
         self, run_id: str, offset: int = 0, follow: bool = True
@@ -413,3 +425,34 @@ class DurableClient:
             ```
         """
         return await asyncio.to_thread(hand_over, self._dbos, executor_id)
+
+
+def _check_destinations(
+    sent: list[tuple[str, Event]], destinations: list[Destination | None]
+) -> None:
+    """`Outbox.deliver`'s check of a client's send: each run exists, has not ended,
+    and (if this process has its workflow's code) accepts the event."""
+    found = {d.run_id: d for d in destinations if d is not None}
+    for run_id, event in sent:
+        destination = found.get(run_id)
+        workflow = destination.workflow if destination is not None else None
+        if destination is None or workflow is None:
+            raise RunNotFoundError(
+                f"No durable run with ID {run_id!r} in this system database. Check the "
+                "ID and the database URL."
+            )
+        if destination.ended:
+            raise RunFinishedError(
+                f"Run {run_id!r} has already ended ({destination.status}): it accepts no "
+                "more events. Start a new run instead."
+            )
+        binding = _registry.lookup(workflow)
+        # A HumanResponseEvent may answer a `ctx.wait_for_event` inside a step (e.g. an
+        # agent's approval tool), which no step signature declares.
+        if binding is not None and not isinstance(event, HumanResponseEvent):
+            accepted = class_accepted_events(binding.cls)
+            if not any(isinstance(event, t) for t in accepted):
+                names = ", ".join(sorted(t.__name__ for t in accepted))
+                raise EventNotAcceptedError(
+                    f"No step of {workflow!r} accepts {type(event).__name__}; it accepts: {names}."
+                )

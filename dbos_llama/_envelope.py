@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dbos import WorkflowSerializationFormat
 from pydantic import ValidationError
 from workflows.events import Event, StartEvent, StopEvent
 from workflows.runtime.types.step_id import StepId
 from workflows.runtime.types.ticks import TickAddEvent
 
-from ._naming import TICK_TOPIC
 from .errors import NotSerializableError, RejectedEventError
 
 #: Marker key (and format version) of an envelope.
@@ -126,13 +124,3 @@ def decode(message: Any, accepted: list[type[Any]], run_id: str) -> TickAddEvent
             f"Run {run_id!r} received {name} data that does not validate: {error}; it was dropped."
         ) from error
     return TickAddEvent(event=event, step_id=step_id)
-
-
-async def send(api: Any, run_id: str, message: dict[str, Any]) -> None:
-    """Write an envelope to the run's mailbox as portable JSON (never a pickle).
-
-    ``api`` is `DBOS` (in a process with DBOS launched) or a `DBOSClient`.
-    """
-    await api.send_async(
-        run_id, message, TICK_TOPIC, serialization_type=WorkflowSerializationFormat.PORTABLE
-    )

@@ -231,13 +231,14 @@ class Releases:
         table = self.table
         if not table.present() or not table.claim(run_id):
             return False
-        self._resume_on_queue(run_id)
-        logger.info("Run %r woke up: it continues from its checkpoints.", run_id)
+        self.resume_claimed(run_id, table.queue_of(run_id))
         return True
 
-    def _resume_on_queue(self, run_id: str) -> None:
-        # A run of a queued class goes back to its queue and its limits.
-        self._resume(run_id, queue_name=self.table.queue_of(run_id))
+    def resume_claimed(self, run_id: str, queue_name: str | None) -> None:
+        """Resume a run whose wake-up this process claimed; a run of a queued class
+        goes back to its queue (``queue_name``) and its limits."""
+        self._resume(run_id, queue_name=queue_name)
+        logger.info("Run %r woke up: it continues from its checkpoints.", run_id)
 
     def wake_if_pending(self, run_id: str) -> bool:
         """After a release: wake the run at once if an event reached it meanwhile."""
@@ -298,7 +299,7 @@ class Releases:
                 if table.released(run_id):
                     woken += self.wake(run_id)
             elif state == "waking" and table.reclaim(run_id, int(row["claimed_ms"])):
-                self._resume_on_queue(run_id)
+                self.resume_claimed(run_id, table.queue_of(run_id))
                 woken += 1
             elif state == "cancelled":
                 table.delete(run_id)

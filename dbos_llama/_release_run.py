@@ -9,12 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from dbos import DBOS
+from dbos import DBOS, DBOSClient
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
 from ._records import PENDING, step_rows
 from ._run_state import RunState
+from ._send import Outbox
 
 logger = logging.getLogger("dbos_llama")
 
@@ -24,12 +25,23 @@ def _dbos_status(run_id: str) -> str | None:
     return None if status is None else status.status
 
 
-_local: list[tuple[str, _release.Releases]] = []
+_local: list[tuple[str, _release.Releases, Outbox]] = []
 _local_lock = threading.Lock()
 
 
 def local() -> _release.Releases | None:
     """This worker's `Releases`, on its DBOS system database (None before launch)."""
+    found = _local_parts()
+    return found[0] if found is not None else None
+
+
+def local_outbox() -> Outbox | None:
+    """This worker's `Outbox`, for events its callers send to runs (``handler.send_event``)."""
+    found = _local_parts()
+    return found[1] if found is not None else None
+
+
+def _local_parts() -> tuple[_release.Releases, Outbox] | None:
     if not _upstream.dbos_launched():
         return None
     url = _upstream.system_database_url()
@@ -37,13 +49,19 @@ def local() -> _release.Releases | None:
         return None
     with _local_lock:
         if _local and _local[0][0] == url:
-            return _local[0][1]
+            return _local[0][1], _local[0][2]
         # DBOS was launched anew on another database: that one's connections go.
-        for _, previous in _local:
+        for _, previous, _outbox in _local:
             previous.table.dispose()
         releases = _release.Releases(url, DBOS.resume_workflow, _dbos_status)
-        _local[:] = [(url, releases)]
-    return releases
+        # DBOS's send in the outbox's own transactions, on the releases' engine.
+        client = DBOSClient(
+            system_database_engine=releases.table.engine,
+            dbos_system_schema=_upstream.system_schema(),
+            lazy=True,
+        )
+        _local[:] = [(url, releases, Outbox(client, releases))]
+        return releases, _local[0][2]
 
 
 class Sweeper:

@@ -9,6 +9,10 @@ import sqlalchemy as sa
 from . import _naming
 
 
+def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
 class SystemTable:
     """One table of the library's in the DBOS system database (schema ``dbos_llama``
     on PostgreSQL; a table prefixed ``dbos_llama_`` on SQLite), read and written in
@@ -31,6 +35,10 @@ class SystemTable:
             # SQLite: wait for DBOS's writers instead of failing ("database is locked").
             else sa.create_engine(parsed, connect_args={"timeout": 30})
         )
+        if self.sqlite:
+            # DBOS's tables have foreign keys (a message's destination must exist),
+            # which SQLite checks only when asked, as DBOS's own engine asks.
+            sa.event.listen(self.engine, "connect", _foreign_keys_on)
         self._columns = columns
         self._indexes = {
             f"{_naming.TABLE_SCHEMA}_{table}_{k}": v for k, v in (indexes or {}).items()

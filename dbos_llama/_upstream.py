@@ -108,16 +108,34 @@ def current_function_id() -> int | None:
     return None if ctx is None else int(ctx.function_id)
 
 
-def notifications_table(dialect: str) -> str:
-    """DBOS's messages table as SQL names it: ``notifications``, in the system
-    schema on PostgreSQL (``dbos_system_schema``, ``dbos`` by default)."""
+def _system_table(dialect: str, table: str) -> str:
+    """One of DBOS's system tables as SQL names it: in the system schema on
+    PostgreSQL (``dbos_system_schema``, ``dbos`` by default)."""
+    return table if dialect == "sqlite" else f'"{system_schema()}".{table}'
+
+
+def system_schema() -> str:
+    """The PostgreSQL schema of DBOS's system tables in this process's DBOS
+    configuration (``dbos_system_schema``, ``dbos`` by default; no public accessor:
+    ``_dbos_global_instance._config``)."""
     from dbos import _dbos
 
-    if dialect == "sqlite":
-        return "notifications"
     config = getattr(_dbos._dbos_global_instance, "_config", None)
-    schema = (config.get("dbos_system_schema") if isinstance(config, dict) else None) or "dbos"
-    return f'"{schema}".notifications'
+    schema = config.get("dbos_system_schema") if isinstance(config, dict) else None
+    return str(schema or "dbos")
+
+
+def notifications_table(dialect: str) -> str:
+    """DBOS's messages table (columns ``destination_uuid``, ``topic``, ``consumed``)."""
+    return _system_table(dialect, "notifications")
+
+
+def workflow_status_table(dialect: str) -> str:
+    """DBOS's table of workflows (columns ``workflow_uuid``, ``status``, ``name``):
+    a sender reads its destinations there in the transaction of its send, where
+    DBOS's public ``list_workflows`` would need a connection and a round trip of
+    its own."""
+    return _system_table(dialect, "workflow_status")
 
 
 def has_pending_message(engine: Any, workflow_id: str, topic: str) -> bool:

@@ -90,6 +90,61 @@ async def test_bad_sends_are_refused_and_write_nothing(dbos_app: str) -> None:
         assert await client.get_result("hitl-bad") == "answer=fine"
 
 
+def messages_to(db_url: str, *run_ids: str) -> int:
+    """Event envelopes (the JSON outside senders write) stored in DBOS's
+    notifications table for ``run_ids``, read or not."""
+    import sqlalchemy as sa
+
+    from dbos_llama._upstream import notifications_table
+
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as c:
+            query = sa.text(
+                f"SELECT COUNT(*) FROM {notifications_table(engine.dialect.name)} "
+                "WHERE destination_uuid IN :ids AND message LIKE '%\"dbos_llama\"%'"
+            ).bindparams(sa.bindparam("ids", expanding=True))
+            return int(c.execute(query, {"ids": list(run_ids)}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def waiting(*handlers: object) -> None:
+    async def asked(handler) -> None:
+        async for event in handler.stream_events():
+            if isinstance(event, InputRequiredEvent):
+                return
+
+    await asyncio.gather(*(asked(h) for h in handlers))
+
+
+async def test_send_events_answers_many_runs_all_or_none(dbos_app: str) -> None:
+    """`send_events`: one transaction for a batch. A batch with one run that cannot
+    take its event (ended, unknown, not accepting it) sends nothing at all; a good
+    batch answers every run once."""
+    done = Approval(timeout=None).run(run_id="batch-done", customer="x")
+    await waiting(done)
+    async with DurableClient(dbos_app) as client:
+        await client.send_event("batch-done", HumanResponseEvent(response="early"))
+        assert await done == "answer=early"
+        ids = [f"batch-{i}" for i in range(5)]
+        handlers = [Approval(timeout=None).run(run_id=i, customer=i) for i in ids]
+        await waiting(*handlers)
+        assert messages_to(dbos_app, *ids, "batch-done", "batch-nope") == 1
+        answers = [(i, HumanResponseEvent(response=f"ok-{i}")) for i in ids]
+        with pytest.raises(RunFinishedError, match="batch-done"):
+            await client.send_events([*answers, ("batch-done", HumanResponseEvent(response="x"))])
+        with pytest.raises(RunNotFoundError, match="batch-nope"):
+            await client.send_events([("batch-nope", HumanResponseEvent(response="x")), *answers])
+        with pytest.raises(EventNotAcceptedError, match="Progress"):
+            await client.send_events([*answers, (ids[0], Progress(i=1), None)])
+        assert messages_to(dbos_app, *ids, "batch-done", "batch-nope") == 1
+        await client.send_events(answers)
+        assert [await h for h in handlers] == [f"answer=ok-{i}" for i in ids]
+        assert messages_to(dbos_app, *ids) == len(ids)
+        await client.send_events([])  # nothing to send: no transaction, no error
+
+
 def assert_cancelled_cleanly(db_url: str, run_id: str) -> None:
     statuses = snapshot(db_url, run_id).statuses
     assert statuses[run_id] == "CANCELLED"

@@ -188,7 +188,7 @@ async def test_crash_during_wake_up(sqlite_url: str, tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-        assert (sender.returncode, "CLAIMED True" in sender.stdout) == (137, True), sender
+        assert (sender.returncode, "CLAIMED idle-cw" in sender.stdout) == (137, True), sender
         info = await released(sqlite_url, "idle-cw", timeout=5)
         assert info.status == "PENDING"
         out = finished(worker, timeout=90)

@@ -154,6 +154,41 @@ async def test_a_pending_message_is_seen_in_dbos_notifications(
         DBOS.destroy()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_workflow_reads_in_dbos_workflow_status(
+    backend: str, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    """`workflow_status_table` names DBOS's table of workflows, with the columns a
+    send reads in its transaction (``workflow_uuid``, ``status``, ``name``)."""
+    import sqlalchemy as sa
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = request.getfixturevalue("pg_database")()
+
+    @DBOS.workflow(name=f"seam-status-{backend}")
+    async def finished() -> str:
+        return "done"
+
+    DBOS(config=dbos_config(url))
+    DBOS.launch()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with SetWorkflowID("seam-status"):
+            await (await DBOS.start_workflow_async(finished)).get_result()
+        table = up.workflow_status_table(engine.dialect.name)
+        with engine.connect() as c:
+            row = c.execute(
+                sa.text(f"SELECT status, name FROM {table} WHERE workflow_uuid = :id"),
+                {"id": "seam-status"},
+            ).one()
+        assert tuple(row) == ("SUCCESS", f"seam-status-{backend}")
+    finally:
+        engine.dispose()
+        DBOS.destroy()
+
+
 # -- llama-agents-server (the `server` extra) ---------------------------------------------
 def test_the_server_tags_a_start_with_its_handler_id() -> None:
     """`WorkflowServer` starts a run inside ``instrument_tags({"llamaindex.handler_id":

@@ -1,0 +1,153 @@
+"""Events from outside a run, in one transaction: the checks, DBOS's send, the wake-up claim.
+
+A sender outside the run (`DurableClient.send_event` / ``send_events``,
+``handler.send_event``, ``dbos-llama runs send``, the server's ``/events``) writes
+each event's JSON envelope (`_envelope`) to the run's mailbox. `Outbox.deliver`
+does it in a single database transaction on the system database:
+
+1. DBOS's own send (`DBOSClient.send_bulk_in_transaction`), first, so that on
+   SQLite the transaction takes the write lock at once instead of upgrading a read;
+2. one read of each destination's DBOS status and workflow name, and of its
+   release row (idle release), checked by the caller (unknown run, ended run,
+   event its workflow does not accept): a failed check rolls everything back;
+3. the claim of every destination that is released (``released`` → ``waking``).
+
+After the commit the claimed runs are resumed (DBOS ``resume_workflow``, back onto
+their class's queue). A crash between the commit and the resume leaves a
+``waking`` row that the sweep resumes (`_release`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from dbos import DBOSClient, SendMessage, WorkflowSerializationFormat
+from dbos import error as dbos_error
+
+from . import _naming, _upstream
+from ._records import CANCELLED, TERMINAL
+from ._release import RELEASED_STATES, Releases
+
+logger = logging.getLogger("dbos_llama")
+
+#: Destinations read per statement (SQLite bounds a statement's parameters).
+CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What the send's transaction read of one destination run."""
+
+    run_id: str
+    #: Its DBOS status (a released run is CANCELLED in DBOS: see `released`).
+    status: str
+    #: Its DBOS workflow name (``llama:<workflow>`` for a durable run).
+    name: str
+    #: Its idle-release state (`_release`), or None if it has no release row.
+    release_state: str | None = None
+
+    @property
+    def released(self) -> bool:
+        """Released while it waits: it reads as waiting, and this send wakes it."""
+        return self.status == CANCELLED and self.release_state in RELEASED_STATES
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL and not self.released
+
+    @property
+    def workflow(self) -> str | None:
+        """The durable workflow's name, or None if this is no durable run."""
+        prefix = _naming.NAME_PREFIX
+        if not self.name.startswith(prefix) or "/" in self.name[len(prefix) :]:
+            return None
+        return self.name[len(prefix) :]
+
+
+#: A caller's checks of the destinations, inside the transaction: raising rolls the
+#: send back. Called with the destinations in the order asked, None for a run ID
+#: that has no workflow.
+Check = Callable[[list[Destination | None]], None]
+
+
+class Outbox:
+    """Sends events to runs on one system database (see the module docstring).
+
+    ``client`` is a `DBOSClient` on that database (only its send is used: the
+    transaction runs on ``releases``' engine); ``releases`` resumes claimed runs.
+    """
+
+    def __init__(self, client: DBOSClient, releases: Releases) -> None:
+        self._client = client
+        self._releases = releases
+        table = releases.table
+        status_table = _upstream.workflow_status_table(table.engine.dialect.name)
+        self._read = sa.text(
+            f"SELECT workflow_uuid, status, name FROM {status_table} WHERE workflow_uuid IN :ids"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        self._read_released = sa.text(
+            f"SELECT ws.workflow_uuid, ws.status, ws.name, r.state FROM {status_table} ws "
+            f"LEFT JOIN {table.name} r ON r.run_id = ws.workflow_uuid "
+            "WHERE ws.workflow_uuid IN :ids"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        self._claim = sa.text(
+            f"UPDATE {table.name} SET state = 'waking', claimed_ms = {table.now} "
+            "WHERE run_id IN :ids AND state = 'released' RETURNING run_id, queue_name"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+
+    def deliver(
+        self, messages: Sequence[tuple[str, dict[str, Any]]], check: Check | None = None
+    ) -> list[str]:
+        """Send each ``(run_id, envelope)`` in one transaction; ``check`` may refuse
+        the whole batch by raising (nothing is then written). Returns the IDs of the
+        released runs this call woke up.
+
+        A destination with no workflow raises DBOS's `DBOSNonExistentWorkflowError`
+        unless ``check`` raised first.
+        """
+        ids = list(dict.fromkeys(run_id for run_id, _ in messages))
+        table = self._releases.table
+        with_releases = table.present()
+        try:
+            with table.engine.begin() as conn:
+                self._client.send_bulk_in_transaction(
+                    conn,
+                    [SendMessage(run_id, body, _naming.TICK_TOPIC) for run_id, body in messages],
+                    serialization_type=WorkflowSerializationFormat.PORTABLE,
+                )
+                found = self._destinations(conn, ids, with_releases)
+                if check is not None:
+                    check([found.get(i) for i in ids])
+                released = [d.run_id for d in found.values() if d.release_state == "released"]
+                claimed = [
+                    dict(row)
+                    for start in range(0, len(released), CHUNK)
+                    for row in conn.execute(
+                        self._claim, {"ids": released[start : start + CHUNK]}
+                    ).mappings()
+                ]
+        except dbos_error.DBOSNonExistentWorkflowError:
+            if check is not None:  # let the caller name the missing run
+                with table.engine.connect() as conn:
+                    found = self._destinations(conn, ids, with_releases)
+                check([found.get(i) for i in ids])
+            raise
+        for row in claimed:
+            self._releases.resume_claimed(str(row["run_id"]), row["queue_name"])
+        return [str(row["run_id"]) for row in claimed]
+
+    def _destinations(
+        self, conn: sa.Connection, ids: list[str], with_releases: bool
+    ) -> dict[str, Destination]:
+        query = self._read_released if with_releases else self._read
+        found: dict[str, Destination] = {}
+        for start in range(0, len(ids), CHUNK):
+            for row in conn.execute(query, {"ids": ids[start : start + CHUNK]}):
+                run_id = str(row[0])
+                state = str(row[3]) if with_releases and row[3] is not None else None
+                found[run_id] = Destination(run_id, str(row[1]), str(row[2] or ""), state)
+        return found
