@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,26 @@ def test_quickstart(tmp_path: Path) -> None:
     assert shown["steps"][0]["calls"][0]["output"] == "a haiku about durable workflows"
     table = cli(db, "runs", "show", "haiku-1", "--import", "examples.flows.haiku").stdout
     assert "Drafted {" in table and "not readable" not in table
+
+    # DBOS's own command prints the JSON-stored values as JSON text (no pickles), and
+    # its name filter takes the recorded name with its llama: prefix (README).
+    def dbos_cli(*args: str) -> str:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "dbos"), "workflow", *args, "-s", db],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    (call,) = json.loads(dbos_cli("steps", "haiku-1/draft/0"))
+    assert call["function_name"] == "examples.flows.haiku.call_model"
+    assert json.loads(call["output"]) == "a haiku about durable workflows"
+    named = json.loads(dbos_cli("list", "-n", "llama:examples.flows.haiku.Haiku"))
+    assert [w["workflow_id"] for w in named] == ["haiku-1"]
+    assert json.loads(dbos_cli("list", "-n", "examples.flows.haiku.Haiku")) == []
 
 
 def test_crash_and_recover(tmp_path: Path) -> None:
