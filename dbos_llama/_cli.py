@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import os
@@ -29,7 +28,7 @@ from ._client import DurableClient
 from ._event_json import event_from_json
 from ._history import StepInvocationInfo
 from ._run_info import RunInfo
-from .errors import DurableError, EventDecodeError
+from .errors import DurableError
 
 
 class _Command(TyperCommand):
@@ -249,17 +248,13 @@ def _import(modules: list[str] | None) -> None:
     """Import the application modules named by ``--import`` (never a module named by
     stored data: the system database is not trusted to choose code)."""
     for module in modules or []:
-        _checked(functools.partial(_import_module, module))
-
-
-def _import_module(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        raise EventDecodeError(
-            f"--import {module}: cannot import it ({error}). Run the command from the "
-            "directory your application imports from (the project root)."
-        ) from None
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            fail(
+                f"--import {module}: cannot import it ({error}). Run the command from the "
+                "directory your application imports from (the project root)."
+            )
 
 
 def _checked(make: Callable[[], Any]) -> Any:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import typer
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._cli_render import err
@@ -82,8 +83,8 @@ def _open(db: str) -> DurableClient:
 
 
 def _db_error(error: BaseException) -> str:
-    """A database error in one or two lines: the driver's message, without
-    SQLAlchemy's statement and background link."""
+    """A database error in one line: the driver's message, without SQLAlchemy's
+    statement and background link."""
     cause = getattr(error, "orig", None) or error
     text = str(cause).split("\n(Background on this error")[0].split("\n[SQL:")[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -91,8 +92,10 @@ def _db_error(error: BaseException) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    # The URL of --db may carry a password: never print it.
-    err.print(f"[red]error:[/red] {redact(message)}", markup=True)
+    """Print ``message`` as the command's one error line and exit 1."""
+    # The URL of --db may carry a password: never print it. The message is text,
+    # not rich markup (an error may hold "[...]").
+    err.print(Text.assemble(("error:", "red"), " ", redact(message)))
     raise typer.Exit(1)
 
 

@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ._history import StepInvocationInfo
 from ._run_info import RunInfo
@@ -74,7 +76,7 @@ def runs_table(found: list[RunInfo]) -> None:
         row = [r.run_id, r.workflow, status_text(r), r.version or "", utc(r.created_at)]
         if any(x.forked_from for x in found):
             row.append(f"{r.forked_from} @ {r.forked_from_step}" if r.forked_from else "")
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # values as text, never as rich markup
     out.print(table)
     if not found:
         out.print("No runs.")
@@ -82,8 +84,11 @@ def runs_table(found: list[RunInfo]) -> None:
 
 def run_header(run: RunInfo) -> None:
     """``runs show``: the run's status, times and marks, above its timeline."""
-    out.print(f"[bold]Run[/bold] {run.run_id}  [bold]workflow[/bold] {run.workflow}")
-    out.print(f"[bold]Status[/bold] {status_text(run)}  [bold]version[/bold] {run.version or '?'}")
+    out.print(
+        f"[bold]Run[/bold] {escape(run.run_id)}  [bold]workflow[/bold] {escape(run.workflow)}"
+    )
+    version = escape(run.version or "?")
+    out.print(f"[bold]Status[/bold] {status_text(run)}  [bold]version[/bold] {version}")
     created, updated = utc(run.created_at), utc(run.updated_at)
     out.print(f"[bold]Created[/bold] {created} UTC  [bold]updated[/bold] {updated} UTC")
     if run.attempts is not None and run.attempts > 1:
@@ -98,11 +103,14 @@ def run_header(run: RunInfo) -> None:
             f"(runs fork {run.run_id} --from-step STEP --version {run.held_by_version})"
         )
     if run.forked_from:
-        out.print(f"[bold]Forked from[/bold] {run.forked_from} at step {run.forked_from_step}")
+        out.print(
+            f"[bold]Forked from[/bold] {escape(run.forked_from)} at step "
+            f"{escape(run.forked_from_step or '?')}"
+        )
     if run.handler_id:
-        out.print(f"[bold]Server handler[/bold] {run.handler_id}")
+        out.print(f"[bold]Server handler[/bold] {escape(run.handler_id)}")
     if run.error:
-        out.print(f"[bold]Error[/bold] {run.error}")
+        out.print(f"[bold]Error[/bold] {escape(run.error)}")
 
 
 def timeline_table(steps: list[StepInvocationInfo]) -> None:
@@ -125,13 +133,14 @@ def timeline_table(steps: list[StepInvocationInfo]) -> None:
         label = s.step + (" (reused)" if s.reused else "") + (" ↻" if s.reexecuted else "")
         number = "" if s.number is None else str(s.number)
         took = seconds(s.own_duration)
-        table.add_row(number, label, s.status, clock(s.started_at), took, s.output)
+        cells = (number, label, s.status, clock(s.started_at), took, s.output)
+        table.add_row(*map(Text, cells))  # values as text, never as rich markup
         if s.reexecuted:
             took_down = seconds(s.gap)
             down = "downtime" if s.gap is not None else ""
             table.add_row("", f"  ↻ attempt {s.attempts}", "", "", took_down, down, style="yellow")
         for call in s.calls:
-            table.add_row(
+            cells = (
                 "",
                 f"  └ {_fit(call.name, step_width - 6)}" + (" ↻" if call.after_restart else ""),
                 "ok" if call.ok else "error",
@@ -139,6 +148,7 @@ def timeline_table(steps: list[StepInvocationInfo]) -> None:
                 seconds(call.duration),
                 call.output,
             )
+            table.add_row(*map(Text, cells))
     out.print(table)
     if not steps:
         out.print("No step has been called yet.")

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import read_log, run_driver
 from tests.test_cli import cli, cli_json
 
-LONG = "x" * 150  # a value longer than any table column
+LONG = "[red]" + "x" * 150  # longer than any table column, and not rich markup
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,7 @@ def test_show_marks_the_reexecuted_step_and_its_downtime(crashed: str) -> None:
     assert "└ tests.flows.effect ↻" in table
     assert "Attempts 2 (a process stopped while it ran" in table
     assert "Created " in table and " UTC" in table and "START (UTC)" in table
+    assert "<one:[red]xxx" in table  # a value is printed as text, never as markup
 
 
 def test_tables_fit_80_columns(crashed: str) -> None:
