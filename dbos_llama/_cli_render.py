@@ -25,10 +25,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Shown under a timeline with a re-executed step invocation.
 RESTART_LEGEND = (
-    "↻ step: re-executed after its process stopped (DBOS attempt N; the downtime, the "
-    "longest span with nothing recorded, is on its own line). ↻ call: the first after the "
-    "restart (it may have been in flight when the process stopped; a completed call never "
-    "runs again)."
+    "↻ step: executed again after its execution stopped (a crash, or a cancel and a "
+    "resume); DBOS attempt N, its downtime (the longest span with nothing recorded) on a "
+    "line of its own. ↻ call: the first recorded after that (it may have been in flight "
+    "when the execution stopped; a completed call never runs again)."
 )
 
 
@@ -93,8 +93,8 @@ def run_header(run: RunInfo) -> None:
     out.print(f"[bold]Created[/bold] {created} UTC  [bold]updated[/bold] {updated} UTC")
     if run.attempts is not None and run.attempts > 1:
         out.print(
-            f"[bold]Attempts[/bold] {run.attempts} (a process stopped while it ran; it "
-            "resumed from its checkpoints)"
+            f"[bold]Attempts[/bold] {run.attempts} (resumed after a crash, a resume or a "
+            "wake-up: recorded work was not redone)"
         )
     if run.waiting_for_version:
         out.print(

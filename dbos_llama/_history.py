@@ -141,7 +141,7 @@ class CallInfo:
     #: The same, in full, as JSON (`jsonable`).
     value: Any = None
     #: The first call recorded after the invocation was re-executed: it may have been
-    #: in flight when the process stopped (then it ran again; a completed one never does).
+    #: in flight when the execution stopped (then it ran again; a completed one never does).
     after_restart: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +177,7 @@ class StepInvocationInfo:
     #: What it returned, in full, as JSON (`outcome_json`): one entry per event.
     outputs: list[Any] | None = None
     #: How many times DBOS started executing it (its ``recovery_attempts``): more
-    #: than 1 when a process stopped while it ran and another execution resumed it.
+    #: than 1 when its execution stopped (a crash; a cancel) and another resumed it.
     attempts: int | None = None
     #: Of a re-executed invocation: the longest span in which nothing of it was
     #: recorded (the process down, then restarting), in seconds.
@@ -185,7 +185,7 @@ class StepInvocationInfo:
 
     @property
     def reexecuted(self) -> bool:
-        """Whether a process stopped while it ran and it was executed again."""
+        """Whether its execution stopped while it ran and it was executed again."""
         return self.attempts is not None and self.attempts > 1
 
     @property

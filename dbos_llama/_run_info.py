@@ -40,7 +40,7 @@ class RunInfo:
     #: (``@durable(idle_release=...)``): its event or timeout wakes it up.
     released: bool = False
     #: How many times DBOS started executing the run (its ``recovery_attempts``):
-    #: more than 1 after a process stopped while it ran and it was resumed.
+    #: more than 1 once it was resumed (after a crash, a resume, a wake-up from release).
     attempts: int | None = None
 
     @property

@@ -61,7 +61,7 @@ def test_show_marks_the_reexecuted_step_and_its_downtime(crashed: str) -> None:
     table = cli(crashed, "runs", "show", "long-1").stdout
     assert "two ↻" in table and "↻ attempt 2" in table and "downtime" in table
     assert "└ tests.flows.effect ↻" in table
-    assert "Attempts 2 (a process stopped while it ran" in table
+    assert "Attempts 2 (resumed after a crash" in table
     assert "Created " in table and " UTC" in table and "START (UTC)" in table
     assert "<one:[red]xxx" in table  # a value is printed as text, never as markup
 
