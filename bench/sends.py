@@ -19,7 +19,7 @@ For each backend, R times, in fresh processes:
    idle-release table present (the send then also reads and claims release rows).
 4. sends under load, on a second database filled the same way: the recovered worker
    stays up and executes every answered run while a client process answers them,
-   blocks of 100 alternating raw ``DBOSClient.send`` and ``send_event``; measured:
+   raw ``DBOSClient.send`` and ``send_event`` in turn; measured:
    each kind's time per send, and the worker's time from the first answered run
    finished until all have.
 
@@ -124,8 +124,8 @@ async def recovered(url: str, runs: int, baseline_mb: float) -> None:
 
 
 async def sends(url: str, runs: int, impl: str) -> dict[str, float]:
-    """Milliseconds per send of one answer to each run, by ``impl`` (``loaded``:
-    blocks of 100 alternating raw and ``send_event``, each timed on its own)."""
+    """Milliseconds per send of one answer to each run, by ``impl`` (``loaded``: raw
+    and ``send_event`` in turn, each timed on its own)."""
     ids = [f"run-{i}" for i in range(runs)]
     answer = HumanResponseEvent(response="yes")
     body = encode(answer)
@@ -135,22 +135,31 @@ async def sends(url: str, runs: int, impl: str) -> dict[str, float]:
         ReleaseTable(url).ensure().dispose()
     spent = {"raw": 0.0, "ours": 0.0}
     async with DurableClient(url) as ours:
-        if impl != "loaded":  # connections opened before the clock starts
+        if impl == "loaded":  # one of each in turn, so both meet the same load
+            for i, run_id in enumerate(ids):
+                began = time.perf_counter()
+                if i % 2 == 0:
+                    await raw.send_async(run_id, body, TICK_TOPIC, serialization_type=portable)
+                else:
+                    await ours.send_event(run_id, answer)
+                spent["raw" if i % 2 == 0 else "ours"] += time.perf_counter() - began
+        else:
+            # connections opened before the clock starts
             await raw.send_async(ids[0], body, TICK_TOPIC, serialization_type=portable)
             await ours.send_event(ids[0], answer)
-        for block, first in enumerate(range(0, runs, SEND_BATCH)):
-            chunk = ids[first : first + SEND_BATCH]
-            kind = "raw" if impl == "raw" or (impl == "loaded" and block % 2 == 0) else "ours"
+            kind = "raw" if impl == "raw" else "ours"
             began = time.perf_counter()
-            if kind == "raw":
-                for run_id in chunk:
-                    await raw.send_async(run_id, body, TICK_TOPIC, serialization_type=portable)
-            elif impl == "send_events":
-                await ours.send_events([(run_id, answer) for run_id in chunk])
+            if impl == "send_events":
+                for first in range(0, runs, SEND_BATCH):
+                    chunk = ids[first : first + SEND_BATCH]
+                    await ours.send_events([(run_id, answer) for run_id in chunk])
             else:
-                for run_id in chunk:
-                    await ours.send_event(run_id, answer)
-            spent[kind] += time.perf_counter() - began
+                for run_id in ids:
+                    if kind == "raw":
+                        await raw.send_async(run_id, body, TICK_TOPIC, serialization_type=portable)
+                    else:
+                        await ours.send_event(run_id, answer)
+            spent[kind] = time.perf_counter() - began
     raw.destroy()
     if impl == "loaded":
         half = runs / 2

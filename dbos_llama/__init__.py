@@ -26,6 +26,7 @@ from ._registry import install_log_filters as _install_log_filters
 from ._run_info import RunInfo
 from ._runtime import DBOSRuntime, dbos_runtime
 from .errors import (
+    DBOSNotLaunchedError,
     DuplicateNameError,
     DurableDefinitionError,
     DurableError,
@@ -39,6 +40,7 @@ from .errors import (
     RejectedEventError,
     RunConflictError,
     RunFinishedError,
+    RunInputConflictError,
     RunNotFoundError,
     ServerConfigError,
     StepFailedError,
@@ -94,6 +96,8 @@ __all__ = [
     "VersionMismatchError",
     "StepFailedError",
     "RunConflictError",
+    "RunInputConflictError",
+    "DBOSNotLaunchedError",
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",

@@ -18,10 +18,12 @@ from workflows.events import StartEvent
 from . import _naming, _registry
 from ._context import extra_run_attributes, outside_workflow
 from ._run_state import run_state
+from ._runtime import input_conflict, same_start_event
 from ._upstream import class_step_names, step_source
 from .errors import (
     QueueNotFoundError,
     RunConflictError,
+    RunNotFoundError,
     VersionMismatchError,
 )
 
@@ -173,9 +175,15 @@ class Binding:
         return str(version)
 
     # -- starting a run -------------------------------------------------------------
-    async def start_run(self, run_id: str, start_event: StartEvent) -> Any:
+    async def start_run(
+        self, run_id: str, start_event: StartEvent, attach: str | None = None
+    ) -> Any:
         """Start, enqueue or find the run's DBOS workflow; its DBOS handle. A run this
-        call starts in this process is marked `RunState.started_here`."""
+        call starts in this process is marked `RunState.started_here`.
+
+        ``attach`` (`_context.attaching`) says the caller gave no input: an existing
+        run is attached to whatever it started with. Otherwise an existing run must
+        have been started with an equal start event (`RunInputConflictError`)."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -186,7 +194,14 @@ class Binding:
                     f"Run ID {run_id!r} already belongs to DBOS workflow "
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
+            if attach is None:
+                self._check_same_input(run_id, status.input, start_event)
             return await DBOS.retrieve_workflow_async(run_id)
+        if attach == "attach-only":
+            raise RunNotFoundError(
+                f"No run {run_id!r} to attach to: run(run_id=...) without a start event "
+                "attaches to an existing run only. Give the start event's fields to start it."
+            )
         attributes = SetWorkflowAttributes(
             {**(extra_run_attributes.get() or {}), _naming.VERSION_ATTR: self.version}
         )
@@ -203,6 +218,15 @@ class Binding:
             return await DBOS.start_workflow_async(
                 self.run_function, start_event, self.version, time.time()
             )
+
+    def _check_same_input(self, run_id: str, recorded: Any, start_event: StartEvent) -> None:
+        """Raise `RunInputConflictError` if the existing run ``run_id`` was started
+        with another start event than ``start_event`` (a recorded input this process
+        cannot read is not compared: the run is attached to, as before)."""
+        args = recorded.get("args") if isinstance(recorded, dict) else None
+        first = args[0] if isinstance(args, (list, tuple)) and args else None
+        if isinstance(first, StartEvent) and not same_start_event(first, start_event):
+            raise input_conflict(run_id, self.name, first, start_event)
 
     async def _check_queue(self) -> None:
         assert self.queue is not None

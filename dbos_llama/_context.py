@@ -22,6 +22,11 @@ extra_run_attributes: ContextVar[dict[str, Any] | None] = ContextVar(
     "dbos_llama_extra_run_attributes", default=None
 )
 
+#: Set by a durable class's ``run(run_id=...)`` called with no start event and no
+#: fields: "attach" (the run's default start event starts it if it does not exist)
+#: or "attach-only" (the start event needs fields: the run must exist).
+attaching: ContextVar[str | None] = ContextVar("dbos_llama_attaching", default=None)
+
 
 @dataclass
 class Invocation:

@@ -10,11 +10,13 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from pydantic import ValidationError
 from workflows.runtime.types.plugin import Runtime
 from workflows.workflow import Workflow
 
 from . import _naming
 from ._binding import Binding
+from ._context import attaching
 from ._registry import BINDING_ATTR, binding_of
 from ._release_run import sweeper
 from ._runtime import dbos_runtime, runs_on_dbos
@@ -186,8 +188,31 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
             )
         getattr(super(durable_cls, self), SWITCH_RUNTIME)(new_runtime)
 
+    upstream_run = cls.run
+
+    def run(self: Workflow, *args: Any, **kwargs: Any) -> Any:
+        # ``run(run_id=X)`` alone attaches to run X whatever input it started with.
+        if args or set(kwargs) != {"run_id"}:
+            return upstream_run(self, *args, **kwargs)
+        mode, start_event = "attach", None
+        try:
+            self._start_event_class()
+        except ValidationError:  # required fields: it can only attach
+            mode = "attach-only"
+            start_event = self._start_event_class.model_construct()
+        token = attaching.set(mode)
+        try:
+            if start_event is None:
+                return upstream_run(self, **kwargs)
+            return upstream_run(self, start_event=start_event, **kwargs)
+        finally:
+            attaching.reset(token)
+
+    functools.update_wrapper(run, upstream_run)
+
     namespace = {
         "__module__": cls.__module__,
+        "run": run,
         "__qualname__": cls.__qualname__,
         "__doc__": cls.__doc__,
         "__init__": __init__,

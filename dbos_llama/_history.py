@@ -6,12 +6,13 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from dbos import StepInfo, WorkflowStatus
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from . import _naming
 from ._records import StepRow, step_rows
@@ -66,23 +67,47 @@ def _fields_of(model: BaseModel) -> Any:
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-compatible rendering of a recorded value (for ``--json`` output)."""
+    """A recorded value as JSON data, in full (for ``--json`` output): a pydantic
+    model (an event) as ``{"type": "module.QualName", "data": {...}}``, an exception
+    as ``{"error": "Type: message"}``, other values as JSON (tuples and sets as
+    arrays, datetimes as ISO 8601); an object JSON cannot show as ``{"type": ...,
+    "text": str(value)}``."""
     if unreadable(value):
         return {"unreadable": UNREADABLE}
     if isinstance(value, BaseModel):
+        cls = type(value)
         try:
             data = _fields_of(value)
-        except Exception:
-            data = repr(value)
-        cls = type(value)
+        except Exception:  # a field JSON cannot show: dump in Python mode, then convert
+            data = to_jsonable_python(value.model_dump(), fallback=_object_json)
         return {"type": f"{cls.__module__}.{cls.__qualname__}", "data": data}
     if isinstance(value, BaseException):
         return {"error": f"{type(value).__name__}: {value}"}
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
+    return to_jsonable_python(value, fallback=_object_json)
+
+
+def _object_json(value: Any) -> Any:
+    if isinstance(value, (BaseModel, BaseException)):
+        return jsonable(value)
+    cls = type(value)
+    return {"type": f"{cls.__module__}.{cls.__qualname__}", "text": str(value)}
+
+
+def outcome_json(outcome: Any) -> list[Any] | None:
+    """What a step invocation returned (its recorded `StepOutcome`), in full, as
+    JSON: one entry per event it returned (``{"type", "data"}``) or ``{"error"}``."""
+    if outcome is None:
+        return None
+    if unreadable(outcome):
+        return [{"unreadable": UNREADABLE}]
+    values: list[Any] = []
+    for output in getattr(outcome, "outputs", ()):
+        exception = getattr(output, "exception", None)
+        if exception is not None:
+            values.append(jsonable(exception))
+        elif getattr(output, "result", None) is not None:
+            values.append(jsonable(output.result))
+    return values
 
 
 def outcome_summary(outcome: Any) -> str:
@@ -111,7 +136,24 @@ class CallInfo:
     started_at: datetime | None
     duration: float | None
     ok: bool
+    #: What it returned (or raised), in one line.
     output: str
+    #: The same, in full, as JSON (`jsonable`).
+    value: Any = None
+    #: The first call recorded after the invocation was re-executed: it may have been
+    #: in flight when the execution stopped (then it ran again; a completed one never does).
+    after_restart: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "function_id": self.function_id,
+            "name": self.name,
+            "started_at": _iso(self.started_at),
+            "duration": self.duration,
+            "ok": self.ok,
+            "output": self.value,
+            "after_restart": self.after_restart,
+        }
 
 
 @dataclass(frozen=True)
@@ -124,7 +166,7 @@ class StepInvocationInfo:
     #: DBOS status of the invocation: PENDING, SUCCESS, ERROR, CANCELLED, ...
     status: str
     started_at: datetime | None
-    #: Seconds from the call to its result, None while it runs.
+    #: Seconds from the call to its result, None while it runs (downtime included).
     duration: float | None
     #: What it returned, in one line.
     output: str
@@ -132,13 +174,43 @@ class StepInvocationInfo:
     #: result was reused, not executed again.
     reused: bool = False
     calls: list[CallInfo] = field(default_factory=list)
+    #: What it returned, in full, as JSON (`outcome_json`): one entry per event.
+    outputs: list[Any] | None = None
+    #: How many times DBOS started executing it (its ``recovery_attempts``): more
+    #: than 1 when its execution stopped (a crash; a cancel) and another resumed it.
+    attempts: int | None = None
+    #: Of a re-executed invocation: the longest span in which nothing of it was
+    #: recorded (the process down, then restarting), in seconds.
+    gap: float | None = None
+
+    @property
+    def reexecuted(self) -> bool:
+        """Whether its execution stopped while it ran and it was executed again."""
+        return self.attempts is not None and self.attempts > 1
+
+    @property
+    def own_duration(self) -> float | None:
+        """Its duration without the downtime gap."""
+        if self.duration is None:
+            return None
+        return round(max(0.0, self.duration - (self.gap or 0.0)), 3)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started_at"] = _iso(self.started_at)
-        for call in data["calls"]:
-            call["started_at"] = _iso(call["started_at"])
-        return data
+        return {
+            "invocation_id": self.invocation_id,
+            "step": self.step,
+            "number": self.number,
+            "status": self.status,
+            "started_at": _iso(self.started_at),
+            "duration": self.duration,
+            "own_duration": self.own_duration,
+            "attempts": self.attempts,
+            "reexecuted": self.reexecuted,
+            "gap": self.gap,
+            "reused": self.reused,
+            "outputs": self.outputs,
+            "calls": [c.to_dict() for c in self.calls],
+        }
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -217,11 +289,22 @@ def timeline(
     statuses: Mapping[str, WorkflowStatus],
     inner_steps: Mapping[str, Iterable[StepInfo]],
 ) -> list[StepInvocationInfo]:
-    """A run's step invocations with their status, timing, output and inner calls."""
+    """A run's step invocations with their status, timing, output and inner calls;
+    a re-executed invocation with its downtime gap and its first call after it."""
     rows: list[StepInvocationInfo] = []
     for call in step_calls(run_steps):
         status = statuses.get(call.invocation_id)
         output = call.output if call.output is not None or status is None else status.output
+        inner = step_rows(inner_steps.get(call.invocation_id, []))
+        attempts = status.recovery_attempts if status is not None else None
+        gap, resumed_ms = (None, None)
+        if attempts is not None and attempts > 1:
+            gap, resumed_ms = _downtime(call, inner)
+        calls = [_call_info(r) for r in inner]
+        if resumed_ms is not None:
+            first = next((i for i, r in enumerate(inner) if r.started_ms == resumed_ms), None)
+            if first is not None:
+                calls[first] = replace(calls[first], after_restart=True)
         rows.append(
             StepInvocationInfo(
                 invocation_id=call.invocation_id,
@@ -232,18 +315,37 @@ def timeline(
                 duration=_duration(call.started_ms, call.ended_ms),
                 output=outcome_summary(output),
                 reused=not call.invocation_id.startswith(f"{run_id}/"),
-                calls=[_call_info(r) for r in step_rows(inner_steps.get(call.invocation_id, []))],
+                calls=calls,
+                outputs=outcome_json(output),
+                attempts=attempts,
+                gap=gap,
             )
         )
     return rows
 
 
+def _downtime(call: _Call, inner: list[StepRow]) -> tuple[float | None, int | None]:
+    """The longest span with nothing of a re-executed invocation recorded (from its
+    call, through its calls' starts and ends, to its result), in seconds, and the
+    moment (epoch ms) recording resumed after it."""
+    moments = [call.started_ms, call.ended_ms]
+    for row in inner:
+        moments += [row.started_ms, row.completed_ms]
+    points = sorted(m for m in moments if m is not None)
+    if len(points) < 2:
+        return None, None
+    start, end = max(zip(points, points[1:], strict=False), key=lambda pair: pair[1] - pair[0])
+    return (end - start) / 1000, end
+
+
 def _call_info(row: StepRow) -> CallInfo:
+    value = row.error if row.error is not None else row.output
     return CallInfo(
         function_id=row.function_id,
         name=row.name,
         started_at=when(row.started_ms),
         duration=_duration(row.started_ms, row.completed_ms),
         ok=row.ok,
-        output=summarize(row.error if row.error is not None else row.output),
+        output=summarize(value),
+        value=jsonable(value),
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._naming import NAME_PREFIX
 from ._redact import PasswordRedactor
+from ._upstream import dbos_launched
 from .errors import DuplicateNameError, WorkflowNotRegisteredError
 
 if TYPE_CHECKING:
@@ -31,7 +32,9 @@ class DurableBinding(Protocol):
     def adopt(self, workflow: Workflow) -> None: ...
     def register_step(self, step: str) -> Callable[..., Any]: ...
     def step_caller(self, step: str) -> Callable[..., Any]: ...
-    async def start_run(self, run_id: str, start_event: StartEvent) -> Any: ...
+    async def start_run(
+        self, run_id: str, start_event: StartEvent, attach: str | None = None
+    ) -> Any: ...
     def error_no_start_event(self) -> Exception: ...
     async def instance_for(self, run_id: str) -> Workflow: ...
     async def hold_if_other_version(self, workflow_id: str, version: str) -> None: ...
@@ -140,10 +143,32 @@ class _CancelledRunQuiet(logging.Filter):
         return found is None or found.group(1) not in cancelled_runs
 
 
+class _ShutdownCancelQuiet(logging.Filter):
+    """Drops DBOS's "Asyncio task cancelled for workflow or step" warning for a
+    workflow task cancelled after ``DBOS.destroy()``: ``asyncio.run`` cancels the
+    tasks left in its loop when the process ends, e.g. a run still waiting for a
+    human. The run stays PENDING and resumes in the next process; that is how a
+    waiting run is left, not a failure. While DBOS is launched the warning stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Asyncio task cancelled for workflow or step"):
+            return True
+        # DBOS's wrapper of every workflow body; after DBOS.destroy() nothing it
+        # still runs is a live run's cancel (that is logged while DBOS is launched).
+        return "_dropping_datasource_checkpoints" not in message or dbos_launched()
+
+
 def install_log_filters() -> None:
     """Attach dbos_llama's filters to DBOS's logger and its own (idempotent)."""
     dbos_logger = logging.getLogger("dbos")
-    for kind in (_UnregisteredWorkflowHint, _CancelledRunQuiet, PasswordRedactor):
+    filters = (
+        _UnregisteredWorkflowHint,
+        _CancelledRunQuiet,
+        _ShutdownCancelQuiet,
+        PasswordRedactor,
+    )
+    for kind in filters:
         if not any(isinstance(f, kind) for f in dbos_logger.filters):
             dbos_logger.addFilter(kind())
     own = logging.getLogger("dbos_llama")

@@ -39,6 +39,9 @@ class RunInfo:
     #: Set while the run waits released from every worker's memory
     #: (``@durable(idle_release=...)``): its event or timeout wakes it up.
     released: bool = False
+    #: How many times DBOS started executing the run (its ``recovery_attempts``):
+    #: more than 1 once it was resumed (after a crash, a resume, a wake-up from release).
+    attempts: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -82,6 +85,7 @@ def run_info(status: WorkflowStatus, released: bool = False) -> RunInfo | None:
         forked_from=status.forked_from,
         forked_from_step=attributes.get(_naming.FORK_STEP_ATTR),
         handler_id=attributes.get(_naming.HANDLER_ATTR),
+        attempts=status.recovery_attempts,
     )
 
 
@@ -98,4 +102,7 @@ class StreamEntry:
     def to_dict(self) -> dict[str, Any]:
         if self.unreadable is not None:
             return {"offset": self.offset, "unreadable": self.unreadable}
-        return {"offset": self.offset, **jsonable(self.event)}
+        value = jsonable(self.event)
+        if isinstance(value, dict):
+            return {"offset": self.offset, **value}
+        return {"offset": self.offset, "value": value}

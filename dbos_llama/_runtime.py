@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from workflows.context.serializers import BaseSerializer
@@ -20,17 +21,62 @@ from workflows.runtime.types.step_function import (
     create_workflow_run_function,
 )
 
+from ._history import jsonable, summarize
 from ._registry import binding_of
 from ._serialization import ensure_serializable
-from ._upstream import class_accepted_events, runtime_chain
+from ._upstream import class_accepted_events, dbos_launched, runtime_chain
+from .errors import DBOSNotLaunchedError, RunInputConflictError
 
 if TYPE_CHECKING:
     from workflows.runtime.types.internal_state import BrokerState
     from workflows.workflow import Workflow
 
 from ._adapters import DBOSExternalAdapter, DBOSInternalAdapter
-from ._context import run_id_var
-from ._run_state import _runs, run_state
+from ._context import attaching, run_id_var
+from ._run_state import RunState, _runs, run_state
+
+#: The start event each run this process started was given, while its state lives.
+_start_events: dict[str, tuple[weakref.ref[RunState], StartEvent]] = {}
+
+
+def _remember_start(run: RunState, start_event: StartEvent) -> None:
+    run_id = run.run_id
+
+    def forget(ref: weakref.ref[RunState]) -> None:
+        entry = _start_events.get(run_id)
+        if entry is not None and entry[0] is ref:
+            del _start_events[run_id]
+
+    _start_events[run_id] = (weakref.ref(run, forget), start_event)
+
+
+def _started_with(run: RunState) -> StartEvent | None:
+    entry = _start_events.get(run.run_id)
+    return entry[1] if entry is not None and entry[0]() is run else None
+
+
+def same_start_event(recorded: StartEvent, given: StartEvent) -> bool:
+    """Whether two start events carry the same input: same class, same fields and
+    free-form data (as JSON, so a value read back from JSON compares equal)."""
+    if type(recorded) is not type(given):
+        return False
+    try:
+        return bool(jsonable(recorded) == jsonable(given))
+    except Exception:  # fields JSON cannot show: compare the models themselves
+        return bool(recorded == given)
+
+
+def input_conflict(
+    run_id: str, workflow: str, recorded: StartEvent, given: StartEvent
+) -> RunInputConflictError:
+    """The error for starting the existing run ``run_id`` with other input."""
+    return RunInputConflictError(
+        f"Run {run_id!r} of durable workflow {workflow!r} already exists, started "
+        f"with {summarize(recorded)}; this call gives {summarize(given)}. A run "
+        "ID runs once: to attach to the existing run (its handler, result, stream), "
+        f"call run(run_id={run_id!r}) with no start event and no fields; to run this "
+        "input, use another run_id."
+    )
 
 
 class DBOSRuntime(Runtime):
@@ -91,16 +137,32 @@ class DBOSRuntime(Runtime):
         binding = binding_of(workflow)
         existing = _runs.get(run_id)
         if existing is not None and existing.start_task is not None:
-            # Same run ID again in this process: attach, never a second execution.
+            # Same run ID again in this process: attach, never a second execution
+            # (with other input than this process started it with: an error).
+            started = _started_with(existing)
+            if start_event is not None and started is not None and attaching.get() is None:
+                if not same_start_event(started, start_event):
+                    raise input_conflict(run_id, binding.name, started, start_event)
             return DBOSExternalAdapter(existing)
         if start_event is None:
             raise binding.error_no_start_event()
-        ensure_serializable(start_event, f"The start event of {binding.name} (run {run_id!r})")
+        if not dbos_launched():
+            raise DBOSNotLaunchedError(
+                f"Cannot start run {run_id!r} of durable workflow {binding.name!r}: DBOS is "
+                "not launched. Configure DBOS(config=...) and call DBOS.launch() first, "
+                "inside the running event loop (in your async main), then run workflows."
+            )
+        attach = attaching.get()
+        if attach != "attach-only":
+            what = f"The start event of {binding.name} (run {run_id!r})"
+            ensure_serializable(start_event, what)
         run = run_state(run_id)
         run.instance = workflow  # its body and steps run on this instance here
         run.start_task = asyncio.get_running_loop().create_task(
-            binding.start_run(run_id, start_event)
+            binding.start_run(run_id, start_event, attach)
         )
+        if attach != "attach-only":
+            _remember_start(run, start_event)
         return DBOSExternalAdapter(run)
 
     def get_internal_adapter(self, workflow: Workflow) -> InternalRunAdapter:

@@ -11,9 +11,9 @@ does it in a single database transaction on the system database:
    release row (idle release), checked by the caller (unknown run, ended run,
    event its workflow does not accept): a failed check rolls everything back;
 3. the claim of every destination that is released (``released`` → ``waking``);
-   the release rows read in step 2 are locked until the commit, so a release that
-   is being recorded at the same moment either sees this send's message or is
-   claimed by it (`_release_run`'s releaser looks for messages after its mark).
+   where runs may be released, the rows read in step 2 are locked until the commit,
+   so a release in progress either sees this send's message (`_release_run`'s
+   releaser looks for messages after its mark) or is claimed by it.
 
 After the commit the claimed runs are resumed (DBOS ``resume_workflow``, back onto
 their class's queue). A crash between the commit and the resume leaves a
@@ -92,15 +92,19 @@ class Outbox:
         self._read = sa.text(
             f"SELECT workflow_uuid, status, name FROM {status_table} WHERE workflow_uuid IN :ids"
         ).bindparams(sa.bindparam("ids", expanding=True))
-        # The release rows are locked (PostgreSQL; SQLite's write lock, taken by the
-        # send, already orders whole transactions): a releaser marking one
-        # ``released`` waits for this send's commit, so its look for a message that
-        # came meanwhile sees it; or it marked first, and this send claims the run.
-        lock = "" if table.sqlite else " ORDER BY run_id FOR UPDATE"
+        # Where runs may be released, what is read stays locked until the commit
+        # (PostgreSQL; on SQLite the send's write lock already orders whole
+        # transactions). A release in progress then either finished first (this send
+        # reads ``released`` and claims the run) or waits for this commit: its DBOS
+        # cancel (a status update) waits for the shared lock on the status row, its
+        # mark waits for the release row, and its look for a message that came
+        # meanwhile, after its mark, sees this one.
+        lock_row, lock_status = ("", "") if table.sqlite else (" FOR UPDATE", " FOR SHARE OF ws")
         self._read_released = sa.text(
             f"SELECT ws.workflow_uuid, ws.status, ws.name, r.state FROM {status_table} ws "
-            f"LEFT JOIN (SELECT run_id, state FROM {table.name} WHERE run_id IN :ids{lock}) r "
-            "ON r.run_id = ws.workflow_uuid WHERE ws.workflow_uuid IN :ids"
+            f"LEFT JOIN (SELECT run_id, state FROM {table.name} WHERE run_id IN :ids "
+            f"ORDER BY run_id{lock_row}) r ON r.run_id = ws.workflow_uuid "
+            f"WHERE ws.workflow_uuid IN :ids ORDER BY ws.workflow_uuid{lock_status}"
         ).bindparams(sa.bindparam("ids", expanding=True))
         self._claim = sa.text(
             f"UPDATE {table.name} SET state = 'waking', claimed_ms = {table.now} "

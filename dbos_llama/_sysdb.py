@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from . import _naming
 
 
-def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
+def _as_dbos_does(dbapi_connection: Any, _record: Any) -> None:
+    # Writers take SQLite's write lock at BEGIN and wait for it (never fail on a
+    # read snapshot that another writer made stale); DBOS's tables have foreign keys
+    # (a message's destination must exist), which SQLite checks only when asked.
+    dbapi_connection.isolation_level = "IMMEDIATE"
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
@@ -35,10 +39,8 @@ class SystemTable:
             # SQLite: wait for DBOS's writers instead of failing ("database is locked").
             else sa.create_engine(parsed, connect_args={"timeout": 30})
         )
-        if self.sqlite:
-            # DBOS's tables have foreign keys (a message's destination must exist),
-            # which SQLite checks only when asked, as DBOS's own engine asks.
-            sa.event.listen(self.engine, "connect", _foreign_keys_on)
+        if self.sqlite:  # connections set up as DBOS sets up its own
+            sa.event.listen(self.engine, "connect", _as_dbos_does)
         self._columns = columns
         self._indexes = {
             f"{_naming.TABLE_SCHEMA}_{table}_{k}": v for k, v in (indexes or {}).items()

@@ -190,9 +190,7 @@ class Reader:
             infos.append(info)
         running = [i.run_id for i in infos if i is not None and i.status == PENDING]
         asking = await self._asking(running) if running else set()
-        return [
-            None if i is None else RunRow(i, i.run_id in asking or i.released) for i in infos
-        ]
+        return [None if i is None else RunRow(i, i.run_id in asking or i.released) for i in infos]
 
     async def _asking(self, run_ids: list[str]) -> set[str]:
         """Those of ``run_ids`` whose newest step invocation returned an

@@ -13,6 +13,8 @@ __all__ = [
     "VersionMismatchError",
     "StepFailedError",
     "RunConflictError",
+    "RunInputConflictError",
+    "DBOSNotLaunchedError",
     "RunNotFoundError",
     "RunFinishedError",
     "EventNotAcceptedError",
@@ -57,6 +59,17 @@ class VersionMismatchError(DurableError):
 
 class RunConflictError(DurableError):
     """A run ID is already used by a run of another workflow."""
+
+
+class RunInputConflictError(RunConflictError):
+    """A run with this ID exists, started with a different start event: starting it
+    again with other input would silently return the old run's result. Attach to it
+    with ``run(run_id=...)`` and no start event or fields, or use another run ID."""
+
+
+class DBOSNotLaunchedError(DurableError, RuntimeError):
+    """A durable run was started before ``DBOS.launch()``: configure DBOS and call
+    ``DBOS.launch()`` first, inside the running event loop."""
 
 
 class RunNotFoundError(DurableError, LookupError):

@@ -19,33 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _path  # noqa: F401  # makes examples.flows importable
 from dbos import DBOS
-from workflows import Workflow, step
-from workflows.events import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from workflows.events import HumanResponseEvent, InputRequiredEvent
 
-from dbos_llama import DurableClient, durable, durable_step
+from dbos_llama import DurableClient, DurableError
+from examples.flows.refunds import RUN_ID, Refund
 
 DB_URL = os.environ.get("HITL_DB", "sqlite:///hitl.sqlite")
-RUN_ID = "refund-7"
-
-
-@durable_step
-async def quote_refund(order: str) -> int:
-    print(f"  (computing the refund for {order}: runs once)")
-    return 4200
-
-
-@durable
-class Refund(Workflow):
-    @step
-    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
-        cents = await quote_refund(ev.order)
-        return InputRequiredEvent(prefix=f"Refund {cents / 100:.2f} EUR for {ev.order}?")
-
-    @step
-    async def decide(self, ev: HumanResponseEvent) -> StopEvent:
-        verdict = "refunded" if ev.response == "yes" else "refused"
-        return StopEvent(result=f"{RUN_ID}: {verdict}")
 
 
 def launch_dbos() -> None:
@@ -68,7 +49,10 @@ async def ask() -> None:
 async def answer(response: str) -> None:
     async with DurableClient(DB_URL) as client:  # only the database URL is needed
         print(f"  run {RUN_ID} is {(await client.get_run(RUN_ID)).status}; answering {response!r}")
-        await client.send_event(RUN_ID, HumanResponseEvent(response=response))
+        try:
+            await client.send_event(RUN_ID, HumanResponseEvent(response=response))
+        except DurableError as error:  # e.g. RunFinishedError: already answered
+            sys.exit(f"  not sent: {error}")
     refund = Refund(timeout=None)
     launch_dbos()  # resumes the waiting run, which now has its answer
     try:

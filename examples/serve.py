@@ -18,38 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+import _path  # noqa: F401  # makes examples.flows importable
 import httpx
 from llama_agents.client import WorkflowClient
-from workflows import Context, Workflow, step
-from workflows.events import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from workflows.events import HumanResponseEvent
 
-from dbos_llama import durable, durable_step
 from dbos_llama.server import DurableWorkflowServer
+from examples.flows.approvals import Approval
 
 DB_URL = "sqlite:///serve_example.sqlite"
 PORT = int(os.environ.get("PORT", "8000"))
 BASE_URL = f"http://127.0.0.1:{PORT}"
-
-
-@durable_step
-async def price_quote(customer: str) -> float:
-    """A paid call: checkpointed, so a restarted server never pays for it twice."""
-    print(f"  [server] pricing the quote for {customer} (a paid call)", flush=True)
-    return 1200.0
-
-
-@durable
-class Approval(Workflow):
-    @step
-    async def ask(self, ctx: Context, ev: StartEvent) -> InputRequiredEvent:
-        amount = await price_quote(ev.customer)
-        await ctx.store.set("amount", amount)
-        return InputRequiredEvent(prefix=f"Approve {amount:.2f} EUR for {ev.customer}?")
-
-    @step
-    async def decide(self, ctx: Context, ev: HumanResponseEvent) -> StopEvent:
-        amount = await ctx.store.get("amount")
-        return StopEvent(result=f"{ev.response}: {amount:.2f} EUR for the quote")
 
 
 def build_server() -> DurableWorkflowServer:

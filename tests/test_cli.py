@@ -21,13 +21,15 @@ ANSWER = '{"type": "workflows.events.HumanResponseEvent", "data": {"response": "
 
 
 def cli(
-    db: str, *args: str, check: bool = True, cwd: Path = ROOT
+    db: str, *args: str, check: bool = True, cwd: Path = ROOT, columns: int = 200
 ) -> subprocess.CompletedProcess[str]:
     """Run ``dbos-llama`` (the installed console script) with the database in
     $DBOS_LLAMA_DB; the application's classes are importable only from ``ROOT``."""
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "dbos_llama._cli"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("DBOS_")}
-    env.update({"DBOS_LLAMA_DB": db, "COLUMNS": "200"})
+    env.update({"COLUMNS": str(columns)})
+    if db:
+        env["DBOS_LLAMA_DB"] = db
     proc = subprocess.run(
         [*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
@@ -93,11 +95,14 @@ def test_show_gives_the_step_timeline_with_durable_calls(runs: tuple[str, Path])
         f"order-1/{n}" for n in ("one/0", "two/1", "three/2")
     ]
     assert all(s["status"] == "SUCCESS" and s["duration"] is not None for s in steps)
-    assert steps[1]["output"].startswith("TwoDone")
-    assert [(c["name"], c["output"]) for c in steps[1]["calls"]] == [
-        ("tests.flows.effect", "'<two-a>'"),
-        ("tests.flows.effect", "'<two-b>'"),
+    assert steps[1]["outputs"] == [
+        {"type": "tests.flows.TwoDone", "data": {"acc": "<one:a><two-a><two-b>"}}
     ]
+    assert [(c["name"], c["output"]) for c in steps[1]["calls"]] == [
+        ("tests.flows.effect", "<two-a>"),
+        ("tests.flows.effect", "<two-b>"),
+    ]
+    assert all(s["attempts"] == 1 and not s["reexecuted"] for s in steps)
     table = cli(db, "runs", "show", "order-1").stdout
     assert "└ tests.flows.effect" in table and "three" in table
 
