@@ -2,9 +2,10 @@
 
 Everything goes through `DurableClient`, except what it does not expose: paging
 through runs (DBOS's ``limit``/``offset`` on its ``created_at`` order, so the first
-page of 100,000 runs costs what the first page of 100 does) and the DBOS statuses of
-a run's step invocations (``recovery_attempts``, queue times), read with a second,
-read-only `DBOSClient` on the same database.
+page of 100,000 runs costs what the first page of 100 does), the newest step
+invocation of the running runs on a page (one query), and the times the step
+invocations waited on a queue, read with a second, read-only `DBOSClient` on the
+same database.
 """
 
 from __future__ import annotations
@@ -232,11 +233,9 @@ class Reader:
         except _STATE_ERRORS as error:
             state = f"{NOT_READABLE} ({type(error).__name__}: {error})"
         edits, _ = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
-        own = statuses.get(run_id)
-        attempts = (own.recovery_attempts or 1) if own is not None else 1
         return RunView(
             info=info,
-            attempts=attempts,
+            attempts=info.attempts or 1,
             invocations=invocations,
             stream=stream,
             state=state,
@@ -263,13 +262,14 @@ class Reader:
 
 
 def _invocation(step: StepInvocationInfo, status: WorkflowStatus | None) -> Invocation:
-    if status is None:  # a fork's reused invocation: it belongs to another run
-        return Invocation(step)
+    """``step`` with its executions, and the time it waited on a queue (DBOS's
+    recovery queue aside)."""
     queued = None
-    internal = (status.queue_name or "").startswith("_dbos_internal")  # recovery's queue
-    if status.dequeued_at is not None and status.created_at is not None and not internal:
-        queued = max(0, status.dequeued_at - status.created_at)
-    return Invocation(step, status.recovery_attempts or 1, queued)
+    if status is not None:
+        internal = (status.queue_name or "").startswith("_dbos_internal")
+        if status.dequeued_at is not None and status.created_at is not None and not internal:
+            queued = max(0, status.dequeued_at - status.created_at)
+    return Invocation(step, step.attempts or 1, queued)
 
 
 def _matches(row: RunRow, wanted: str | None) -> bool:

@@ -48,23 +48,20 @@ def _span(inv: Invocation, now: float) -> tuple[float, float]:
 
 
 def crashes(view: RunView, now: float) -> list[Crash]:
-    """The invocations a recovery executed again, with their downtime gap."""
+    """The invocations a recovery executed again, with their downtime gap (as `runs
+    show` finds it: the longest span with nothing of the invocation recorded, which
+    ends at its first call recorded after the restart, or at its result)."""
     found: list[Crash] = []
     for inv in view.invocations:
-        if inv.attempts <= 1 or inv.step.reused:
+        step = inv.step
+        if not step.reexecuted or step.reused:
             continue
-        start, end = _span(inv, now)
-        points = [start, end]
-        for call in inv.step.calls:
-            begun = epoch(call.started_at)
-            if begun is not None:
-                points += [begun, begun + (call.duration or 0.0)]
-        points.sort()
-        best = max(zip(points, points[1:], strict=False), key=lambda p: p[1] - p[0], default=None)
-        if best is not None and best[1] - best[0] >= MIN_GAP_SEC:
-            found.append(Crash(inv.step.invocation_id, inv.attempts, best[0], best[1]))
+        resumed = next((c.started_at for c in step.calls if c.after_restart), None)
+        gap_end = epoch(resumed) or _span(inv, now)[1]
+        if step.gap is not None and step.gap >= MIN_GAP_SEC:
+            found.append(Crash(step.invocation_id, inv.attempts, gap_end - step.gap, gap_end))
         else:
-            found.append(Crash(inv.step.invocation_id, inv.attempts, None, None))
+            found.append(Crash(step.invocation_id, inv.attempts, None, None))
     return found
 
 
@@ -152,8 +149,10 @@ def timeline_svg(view: RunView, now: float | None = None) -> str:
                 continue
             width = max(2.0, (call.duration or 0.0) * scale)
             state = "ok" if call.ok else "error"
+            mark = " ↻" if call.after_restart else ""  # the first call after the restart
             rows.append(
-                f'<g class="call {state}"><text x="16" y="{y + 10}">└ {escape(call.name)}</text>'
+                f'<g class="call {state}"><text x="16" y="{y + 10}">└ {escape(call.name)}{mark}'
+                "</text>"
                 f'<rect x="{x(begun):.1f}" y="{y + 2}" width="{width:.1f}" height="{CALL_H - 3}">'
                 f"<title>{escape(call.name)}: {escape(call.output)}</title></rect></g>"
             )

@@ -187,6 +187,9 @@ def test_crash_marker_is_on_the_reexecuted_invocation(world: World, browser: Any
     downtime = two.find_element(By.CSS_SELECTOR, "rect.downtime")
     assert float(downtime.get_attribute("width")) > 10  # the gap no process ran
     assert "recovered 1×" in _body(browser)
+    calls = browser.find_elements(By.CSS_SELECTOR, "svg.timeline g.call")
+    (restarted,) = [c.text for c in calls if "↻" in c.text]  # the first call after it
+    assert restarted.startswith("└ tests.flows.effect ↻") and "<two-b>" in restarted
     graph = browser.find_elements(By.CSS_SELECTOR, "svg.graph g.node.step.success")
     assert {g.get_attribute("data-node") for g in graph} == {"one", "two", "three"}
     assert '"<one:a><two-a><two-b><three>"' in browser.find_element(By.ID, "result").text
