@@ -347,11 +347,23 @@ def fork(
 @app.command(cls=_Command, name="ui")
 def ui(
     db: Db = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8040,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            metavar="HOST",
+            help="Address to listen on; another than a loopback address needs --token.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on.")] = 8040,
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="DBOS_LLAMA_UI_TOKEN", help="Required of every request."),
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            envvar="DBOS_LLAMA_UI_TOKEN",
+            help="Required of every request (open the viewer once with ?token=TOKEN).",
+        ),
     ] = None,
 ) -> None:
     """Serve a web viewer of the runs (needs the server extra): look, answer, cancel, fork."""
