@@ -72,6 +72,11 @@ def page(title: str, body: str, status_line: str = "") -> str:
     )
 
 
+def run_href(run_id: str) -> str:
+    """The run page's address, escaped for an HTML attribute."""
+    return escape("/runs/" + quote(run_id, safe=""), quote=True)
+
+
 def _time(moment: datetime | None) -> str:
     if moment is None:
         return ""
@@ -103,7 +108,7 @@ def runs_rows(found: RunsPage) -> str:
         )
         rows.append(
             f'<tr class="run" data-run="{escape(r.run_id)}">'
-            f'<td><a href="/runs/{escape(r.run_id, quote=True)}">{escape(r.run_id)}</a></td>'
+            f'<td><a href="{run_href(r.run_id)}">{escape(r.run_id)}</a></td>'
             f"<td>{escape(r.workflow)}</td><td>{status_badges(r, row.waiting_human)}</td>"
             f"<td>{escape(r.version or '')}</td><td>{_time(r.created_at)}</td>"
             f"<td>{_time(r.updated_at)}</td><td>{forked}</td></tr>"
@@ -177,9 +182,7 @@ def run_live(view: RunView) -> str:
     if view.attempts > 1:
         facts.append(("recoveries", f'<b class="crash">recovered {view.attempts - 1}×</b>'))
     if info.forked_from:
-        link = (
-            f'<a href="/runs/{escape(info.forked_from, quote=True)}">{escape(info.forked_from)}</a>'
-        )
+        link = f'<a href="{run_href(info.forked_from)}">{escape(info.forked_from)}</a>'
         facts.append(("forked from", f"{link} at step {escape(info.forked_from_step or '')}"))
     if info.error:
         facts.append(("error", f'<span class="error">{escape(redact(info.error))}</span>'))
@@ -211,7 +214,7 @@ def run_live(view: RunView) -> str:
     stream = "".join(
         f"<tr><td>{e.offset}</td><td>"
         + (
-            f'<span class="muted unreadable">{escape(e.unreadable)}</span>'
+            f'<span class="muted unreadable">{escape(redact(e.unreadable))}</span>'
             if e.unreadable
             else _json_block(jsonable(e.event))
         )
@@ -241,7 +244,7 @@ def run_live(view: RunView) -> str:
 def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -> str:
     """A run's page: its live part and the actions."""
     info = view.info
-    base = f"/runs/{escape(info.run_id, quote=True)}"
+    base = run_href(info.run_id)
     token = f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
     actions = []
     if not info.finished:
@@ -271,7 +274,7 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
             '<button type="submit" id="fork">Fork</button></form>'
         )
     message = f'<p class="notice" role="status">{escape(redact(notice))}</p>' if notice else ""
-    src = f"/fragments/runs/{escape(info.run_id, quote=True)}"
+    src = "/fragments" + run_href(info.run_id)
     body = (
         f"<h1>Run {escape(info.run_id)}</h1>{message}"
         f'<div class="actions">{"".join(actions)}</div>'
