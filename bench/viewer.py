@@ -6,7 +6,9 @@ For each backend: a fresh system database gets N durable runs, enqueued with DBO
 client (``DBOSClient.enqueue`` with a durable run's workflow name, on a queue no
 worker reads: the runs stay ENQUEUED), a tenth of them then cancelled (the viewer asks
 `DurableClient.get_run` about each CANCELLED run on a page: it may be released, not
-cancelled). A real ``dbos-llama ui`` process serves the database; measured
+cancelled); then W real runs (default 100) that ask a human and wait (PENDING, the
+newest: the first page is made of them, and the viewer reads whether each waits for
+a human, one query for the page). A real ``dbos-llama ui`` process serves the database; measured
 over HTTP: the first page (50 runs), a page deep in the list (offset N - 100), and the
 first page filtered to "waiting for a human" (which scans up to 2,000 runs), each the
 median of R requests after one warm-up. With ``--out``: ``bench/results/viewer.{json,md}``.
@@ -15,6 +17,7 @@ median of R requests after one warm-up. With ``--out``: ``bench/results/viewer.{
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
@@ -27,8 +30,10 @@ from typing import Any
 
 import httpx
 from dbos import DBOS, DBOSClient
+from workflows import Workflow, step
+from workflows.events import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 
-from dbos_llama import _naming
+from dbos_llama import _naming, durable
 
 RESULTS = Path(__file__).parent / "results"
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -36,11 +41,35 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 PARKED = "bench-viewer-parked"
 
 
-def fill(db: str, runs: int) -> float:
-    """Enqueue ``runs`` durable runs (a tenth cancelled); seconds it took."""
-    DBOS(config={"name": "bench-viewer", "system_database_url": db})
+@durable
+class Ask(Workflow):
+    """Asks a human, then ends with the answer."""
+
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        return InputRequiredEvent(prefix=f"approve order {ev.order}?")
+
+    @step
+    async def decide(self, ev: HumanResponseEvent) -> StopEvent:
+        return StopEvent(result=ev.response)
+
+
+async def waiting_runs(count: int) -> None:
+    """``count`` runs of `Ask` until each waits for its answer (then DBOS stops: they
+    stay PENDING, waiting)."""
+    flow = Ask(timeout=None)
+    for i in range(count):
+        handler = flow.run(run_id=f"w-{i}", order=i)
+        async for event in handler.stream_events():
+            if isinstance(event, InputRequiredEvent):
+                break
+
+
+def fill(db: str, runs: int, waiting: int) -> float:
+    """Enqueue ``runs`` durable runs (a tenth cancelled), then ``waiting`` real runs
+    that wait for a human; seconds it took."""
+    DBOS(config={"name": "bench-viewer", "system_database_url": db, "log_level": "WARNING"})
     DBOS.launch()  # creates DBOS's tables
-    DBOS.destroy()
     began = time.perf_counter()
     client = DBOSClient(system_database_url=db)
     try:
@@ -50,8 +79,10 @@ def fill(db: str, runs: int) -> float:
             client.enqueue(options, {"order": i})
             if i % 10 == 0:
                 client.cancel_workflow(f"o-{i}")
+        asyncio.run(waiting_runs(waiting))
     finally:
         client.destroy()
+        DBOS.destroy()
     return time.perf_counter() - began
 
 
@@ -104,19 +135,20 @@ def timed(url: str, repeat: int, expect: str) -> float:
     return statistics.median(times)
 
 
-def measure(backend: str, runs: int, repeat: int, port: int) -> dict[str, Any]:
+def measure(backend: str, runs: int, waiting: int, repeat: int, port: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as where:
         db = f"sqlite:///{where}/viewer.sqlite" if backend == "sqlite" else pg_database()
         try:
-            filled = fill(db, runs)
+            filled = fill(db, runs, waiting)
             proc = serve(db, port)
             try:
                 base = f"http://127.0.0.1:{port}"
                 return {
                     "backend": backend,
-                    "runs": runs,
+                    "runs": runs + waiting,
+                    "waiting": waiting,
                     "fill_s": round(filled, 1),
-                    "first_page_s": timed(f"{base}/", repeat, f'data-run="o-{runs - 1}"'),
+                    "first_page_s": timed(f"{base}/", repeat, "waiting for a human"),
                     "deep_page_s": timed(f"{base}/?offset={runs - 100}", repeat, 'data-run="o-'),
                     "waiting_filter_s": timed(f"{base}/?status=waiting-human", repeat, "<table"),
                 }
@@ -131,20 +163,24 @@ def measure(backend: str, runs: int, repeat: int, port: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--waiting", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--backends", default="sqlite")
     parser.add_argument("--port", type=int, default=8047)
     parser.add_argument("--out", action="store_true", help="write bench/results/viewer.*")
     args = parser.parse_args()
-    rows = [measure(b, args.runs, args.repeat, args.port) for b in args.backends.split(",")]
+    backends = args.backends.split(",")
+    rows = [measure(b, args.runs, args.waiting, args.repeat, args.port) for b in backends]
     lines = [
-        "| backend | runs | first page | page at offset N-100 | 'waiting for a human' filter |",
+        "| backend | runs (waiting) | first page | page at offset N-100 | 'waiting for a human' "
+        "filter |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['backend']} | {r['runs']:,} | {r['first_page_s'] * 1000:.0f} ms | "
-            f"{r['deep_page_s'] * 1000:.0f} ms | {r['waiting_filter_s'] * 1000:.0f} ms |"
+            f"| {r['backend']} | {r['runs']:,} ({r['waiting']}) | "
+            f"{r['first_page_s'] * 1000:.0f} ms | {r['deep_page_s'] * 1000:.0f} ms | "
+            f"{r['waiting_filter_s'] * 1000:.0f} ms |"
         )
     print("\n".join(lines))
     if args.out:
