@@ -145,9 +145,10 @@ def make_app(db: str, token: str | None = None) -> Starlette:
         client = read().client
         try:
             if action == "answer":
-                form = answer_form(posted.pop("event_type", None))
+                form = answer_form(posted.pop("event_type", None), may_import=True)
                 posted.pop("csrf", None)
-                posted.pop("do", None)
+                if posted.pop("do", None) == "load":  # the form of another event type
+                    return await show(request, form)
                 try:
                     event = read_answer(form, posted)
                     await client.send_event(run_id, event)

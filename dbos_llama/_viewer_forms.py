@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from workflows.events import Event, HumanResponseEvent
 
 from ._event_json import resolve_event_type
+from ._lookup import imported_class
 from .errors import DurableError, EventDecodeError
 
 #: The event a human answers an ``InputRequiredEvent`` with, by default.
@@ -42,10 +43,22 @@ class AnswerForm:
         return self.cls.model_json_schema() if self.cls is not None else {}
 
 
-def answer_form(type_name: str | None) -> AnswerForm:
-    """The form for ``type_name`` (default `DEFAULT_ANSWER`); a class that cannot be
-    imported here gets one JSON box for its data."""
+def answer_form(type_name: str | None, may_import: bool = False) -> AnswerForm:
+    """The form for ``type_name`` (default `DEFAULT_ANSWER`). Only with ``may_import``
+    (a CSRF-checked POST) is its module imported, as the CLI's ``runs send`` does; a
+    page asked for with a GET looks among the modules already imported."""
     name = type_name or DEFAULT_ANSWER
+    module, _, qualname = name.rpartition(".")
+    if not may_import:
+        found = imported_class(module or "workflows.events", qualname)
+        if found is not None and issubclass(found, Event):
+            return AnswerForm(name, found)
+        return AnswerForm(
+            name,
+            None,
+            error=f"{name} is not imported in the viewer's process: press Load form to "
+            "import its module (from the directory the viewer runs in, or PYTHONPATH).",
+        )
     try:
         return AnswerForm(name, resolve_event_type(name))
     except EventDecodeError as error:
@@ -106,7 +119,8 @@ def render_form(form: AnswerForm, action: str, csrf: str) -> str:
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         f'<label>event type <input name="event_type" value="{escape(form.type_name)}"></label>'
         + "".join(rows)
-        + '<button type="submit" name="do" value="answer">Send answer</button></form>'
+        + '<button type="submit" name="do" value="answer">Send answer</button> '
+        '<button type="submit" name="do" value="load" id="load-form">Load form</button></form>'
     )
 
 

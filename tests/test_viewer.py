@@ -211,6 +211,11 @@ def test_state_and_its_edits(world: World) -> None:
     assert edits.count(">one/0<") >= 2 and ">two/1<" in edits  # JSON Patches, by invocation
 
 
+def test_a_page_asked_by_get_imports_nothing(world: World) -> None:
+    page = httpx.get(world.viewer.base_url + "/runs/refund-8?type=antigravity.Nothing").text
+    assert "is not imported in the viewer&#x27;s process" in page
+
+
 def test_paging_and_time_filters(world: World) -> None:
     base = world.viewer.base_url
     first = httpx.get(base + "/?limit=1").text
@@ -227,9 +232,14 @@ def test_paging_and_time_filters(world: World) -> None:
 def test_invalid_answer_shows_the_error_and_sends_nothing(world: World, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(world.viewer.base_url + "/runs/refund-8?type=tests.flows.OneDone")
-    form = browser.find_element(By.CSS_SELECTOR, "form.answer")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()  # "acc" left empty
+    browser.get(world.viewer.base_url + "/runs/refund-8")
+    kind = browser.find_element(By.NAME, "event_type")
+    kind.clear()
+    kind.send_keys("tests.flows.OneDone")  # a class with a required field
+    browser.find_element(By.ID, "load-form").click()  # a POST: its module is imported
+    _until(lambda: browser.find_element(By.ID, "field-acc"), "the OneDone form")
+    send = "form.answer button[value=answer]"
+    browser.find_element(By.CSS_SELECTOR, send).click()  # "acc" left empty
     error = _until(lambda: browser.find_element(By.CSS_SELECTOR, "form.answer p.error"), "error")
     assert "not a valid OneDone" in error.text and "acc" in error.text
     _shot(browser, world, "invalid-answer")
@@ -251,7 +261,7 @@ def test_answer_form_delivers_the_answer_and_the_run_finishes(world: World, brow
     browser.get(world.viewer.base_url + "/runs/refund-7")
     assert "approve <quote> for ada?" in _body(browser)
     browser.find_element(By.ID, "field-response").send_keys("approved in the browser")
-    browser.find_element(By.CSS_SELECTOR, "form.answer button[type=submit]").click()
+    browser.find_element(By.CSS_SELECTOR, "form.answer button[value=answer]").click()
     _until(lambda: "Sent workflows.events.HumanResponseEvent" in _body(browser), "the notice")
     out, err = world.worker.communicate(timeout=60)
     assert 'RESULT "answer=approved in the browser"' in out, err
