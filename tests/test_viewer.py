@@ -289,6 +289,19 @@ def test_fork_appears_as_a_new_run(world: World, browser: Any) -> None:
     assert rows[0] == new_id
 
 
+def test_cancel_then_resume(world: World, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(world.viewer.base_url + "/runs/refund-8")
+    browser.find_element(By.ID, "cancel").click()
+    _until(lambda: "Cancelled." in _body(browser), "the cancel's notice")
+    assert "CANCELLED" in browser.find_element(By.CSS_SELECTOR, "table.facts").text
+    browser.find_element(By.ID, "resume").click()
+    _until(lambda: "Resumed" in _body(browser), "the resume's notice")
+    status = browser.find_element(By.CSS_SELECTOR, "table.facts").text
+    assert "CANCELLED" not in status and ("ENQUEUED" in status or "PENDING" in status)
+
+
 def test_unknown_run_is_a_404_page(world: World, browser: Any) -> None:
     response = httpx.get(world.viewer.base_url + "/runs/no-such-run")
     assert response.status_code == 404 and "No durable run" in response.text
