@@ -55,7 +55,7 @@ function tick(){if(document.getElementById('live').getAttribute('data-done')==='
 fetch(url,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null})
 .then(function(html){if(html!==null){var d=document.getElementById('live');
 d.innerHTML=html;var m=d.querySelector('[data-finished]');
-if(m&&m.getAttribute('data-finished')==='1'){d.setAttribute('data-done','1');}}
+if(m&&m.getAttribute('data-finished')==='1'){location.reload();return;}}
 setTimeout(tick,every)}).catch(function(){setTimeout(tick,every*3)})}
 setTimeout(tick,every)})();
 """
@@ -275,10 +275,11 @@ def run_page(view: RunView, form: AnswerForm, csrf: str, notice: str, db: str) -
         )
     message = f'<p class="notice" role="status">{escape(redact(notice))}</p>' if notice else ""
     src = "/fragments" + run_href(info.run_id)
+    done = "1" if info.finished else "0"  # a run that ends while shown: the page reloads
     body = (
         f"<h1>Run {escape(info.run_id)}</h1>{message}"
         f'<div class="actions">{"".join(actions)}</div>'
-        f'<div id="live" data-src="{src}">{run_live(view)}</div>'
+        f'<div id="live" data-src="{src}" data-done="{done}">{run_live(view)}</div>'
     )
     return page(f"Run {info.run_id}", body, redact(db))
 

@@ -266,6 +266,8 @@ def test_answer_form_delivers_the_answer_and_the_run_finishes(world: World, brow
     out, err = world.worker.communicate(timeout=60)
     assert 'RESULT "answer=approved in the browser"' in out, err
     _until(lambda: "answer=approved in the browser" in _body(browser), "the result (polled)")
+    # The page reloads once the run has ended: no more answer form or cancel button.
+    _until(lambda: not browser.find_elements(By.CSS_SELECTOR, "form.answer"), "no form")
     assert "SUCCESS" in _body(browser)
     _shot(browser, world, "answered")
 
