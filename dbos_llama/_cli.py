@@ -352,7 +352,7 @@ def ui(
         typer.Option(
             "--host",
             metavar="HOST",
-            help="Address to listen on; another than a loopback address needs --token.",
+            help="Address to listen on; any but a loopback address needs --token.",
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on.")] = 8040,
