@@ -57,6 +57,23 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
+def headless_chrome(width: int, height: int) -> Any:
+    """A Selenium driver of Debian's headless Chromium (skips, or fails on CI, if the
+    browser or its driver is missing)."""
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        _missing("chromium and chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument(f"--window-size={width},{height}")
+    options.binary_location = CHROMIUM
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
 def _until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,23 +91,13 @@ def _until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
 async def test_debugger_ui_starts_a_durable_run_and_answers_it(
     sqlite_url: str, tmp_path: Path, debugger_dist: Path
 ) -> None:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        _missing("chromium and chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    options = Options()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,1000")
-    options.binary_location = CHROMIUM
     assets = {"DBOS_LLAMA_DEBUGGER_ASSETS": str(debugger_dist)}
     served = Served(sqlite_url, tmp_path / "log", env=assets)
     with served:
-        browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        browser = headless_chrome(1400, 1000)
         try:
             browser.get(served.base_url + "/")
             page = browser.page_source

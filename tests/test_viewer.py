@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import ROOT, _driver_env, kill_then_finish, run_driver, start_driver
 from tests.serving import free_port
-from tests.test_debugger_ui import CHROMEDRIVER, CHROMIUM, _missing, _until
+from tests.test_debugger_ui import _until, headless_chrome
 
 DBOS_LLAMA = str(Path(sys.executable).parent / "dbos-llama")
 
@@ -108,18 +108,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        _missing("chromium and chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1280,1000")
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = headless_chrome(1280, 1000)
     try:
         yield driver
     finally:
