@@ -14,8 +14,9 @@ memory, the behaviour before idle release; a durable run with
    the worker takes 100 at a time.
 2. restart: a new worker on the same database; measured: ``DBOS.launch()`` until
    a new run (one step) has finished ("ready for new work"), and RSS once settled.
-3. drain: that worker answers all N (``DurableClient.send_event``; raw DBOS:
-   ``DBOS.send``); measured: until every run has finished.
+3. drain: that worker answers all N (``DurableClient.send_event``, or
+   ``send_events`` of ``--send-batch`` N at a time; raw DBOS: ``DBOS.send``);
+   measured: until every run has finished.
 
 Median of R repetitions; writes ``bench/results/idle.{json,md}``.
 """
@@ -208,9 +209,15 @@ async def restart_and_drain(url: str, impl: str, runs: int) -> dict[str, float]:
         for i in range(runs):
             await DBOS.send_async(f"{impl}-{i}", "yes", "answer")
     else:
+        batch = int(os.environ.get("BENCH_SEND_BATCH", "1"))
+        answer = HumanResponseEvent(response="yes")
         async with DurableClient(url) as client:
-            for i in range(runs):
-                await client.send_event(f"{impl}-{i}", HumanResponseEvent(response="yes"))
+            for first in range(0, runs, batch):
+                ids = [f"{impl}-{i}" for i in range(first, min(first + batch, runs))]
+                if batch == 1:
+                    await client.send_event(ids[0], answer)
+                else:
+                    await client.send_events([(run_id, answer) for run_id in ids])
     sent = time.perf_counter() - start
     while finished_runs(url, impl) < runs:
         await asyncio.sleep(0.2)
@@ -273,8 +280,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument(
+        "--send-batch",
+        type=int,
+        default=1,
+        help="answers per DurableClient call: 1 = send_event each, N = send_events of N",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where idle.{json,md} go")
     args = parser.parse_args()
+    os.environ["BENCH_SEND_BATCH"] = str(args.send_batch)  # read by the drain's process
     found: dict[str, dict[str, dict[str, float]]] = {}
     for backend_name in args.backends.split(","):
         for impl in args.impls.split(","):
@@ -283,7 +297,12 @@ def main() -> None:
                 key: statistics.median(s[key] for s in samples) for key in samples[0]
             }
             print(backend_name, impl, found[backend_name][impl], flush=True)
-    report = {"runs": args.runs, "repeat": args.repeat, "idle_release": IDLE_SECONDS}
+    report = {
+        "runs": args.runs,
+        "repeat": args.repeat,
+        "idle_release": IDLE_SECONDS,
+        "send_batch": args.send_batch,
+    }
     previous = args.out / "idle.json"
     if previous.exists():  # a run of one backend keeps the other's figures
         kept = json.loads(previous.read_text())
@@ -299,7 +318,12 @@ def main() -> None:
 def markdown(report: dict[str, Any]) -> str:
     runs = report["runs"]
     lines = [
-        f"{runs:,} runs waiting for a human in one worker (median of {report['repeat']}).",
+        f"{runs:,} runs waiting for a human in one worker (median of {report['repeat']}); "
+        + (
+            "answered with one `send_event` each."
+            if report.get("send_batch", 1) == 1
+            else f"answered with `send_events` of {report['send_batch']} at a time."
+        ),
         "",
         "| backend | runs | RSS waiting (MB) | KB per run | restart: ready (s) | RSS after "
         "restart (MB) | sends (s) | drain (s) | drain vs raw |",
