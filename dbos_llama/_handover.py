@@ -32,8 +32,6 @@ def hand_over(client: DBOSClient, executor_id: str, *, keep: Collection[str] = (
         by_queue.setdefault(status.queue_name, []).append(status.workflow_id)
     for queue_name, workflow_ids in by_queue.items():
         client.resume_workflows(workflow_ids, queue_name=queue_name)
-    return sorted(s.workflow_id for s in ours if _is_run(s.name or ""))
-
-
-def _is_run(dbos_name: str) -> bool:
-    return "/" not in dbos_name[len(_naming.NAME_PREFIX) :]
+    return sorted(
+        s.workflow_id for s in ours if _naming.parse_run_workflow_name(s.name or "") is not None
+    )

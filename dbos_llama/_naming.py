@@ -76,6 +76,14 @@ def invocation_key(invocation_id: str) -> str:
     return "/".join(invocation_id.rsplit("/", 2)[-2:])
 
 
+def parse_run_workflow_name(dbos_name: str) -> str | None:
+    """The workflow name of a run's DBOS workflow name (``llama:<name>``), else None
+    (a step invocation's, or no durable workflow's)."""
+    if not dbos_name.startswith(NAME_PREFIX) or "/" in dbos_name[len(NAME_PREFIX) :]:
+        return None
+    return dbos_name[len(NAME_PREFIX) :]
+
+
 def parse_step_workflow_name(dbos_name: str) -> tuple[str, str] | None:
     """``(workflow name, step)`` of a step invocation's DBOS workflow name, else None."""
     if not dbos_name.startswith(NAME_PREFIX):

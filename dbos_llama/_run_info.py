@@ -67,14 +67,14 @@ class RunInfo:
 def run_info(status: WorkflowStatus, released: bool = False) -> RunInfo | None:
     """A `RunInfo` for a DBOS workflow status, or None if it is not a durable run.
     ``released``: the run's release record says it is released (`_release`)."""
-    name = status.name or ""
-    if not name.startswith(_naming.NAME_PREFIX) or "/" in name[len(_naming.NAME_PREFIX) :]:
+    workflow = _naming.parse_run_workflow_name(status.name or "")
+    if workflow is None:
         return None
     attributes = status.attributes if isinstance(status.attributes, dict) else {}
     held = attributes.get(_naming.HELD_ATTR)
     return RunInfo(
         run_id=status.workflow_id,
-        workflow=name[len(_naming.NAME_PREFIX) :],
+        workflow=workflow,
         status=PENDING if released and status.status == CANCELLED else status.status,
         released=released and status.status == CANCELLED,
         created_at=when(status.created_at),

@@ -65,10 +65,7 @@ class Destination:
     @property
     def workflow(self) -> str | None:
         """The durable workflow's name, or None if this is no durable run."""
-        prefix = _naming.NAME_PREFIX
-        if not self.name.startswith(prefix) or "/" in self.name[len(prefix) :]:
-            return None
-        return self.name[len(prefix) :]
+        return _naming.parse_run_workflow_name(self.name)
 
 
 #: A caller's checks of the destinations, inside the transaction: raising rolls the
