@@ -80,7 +80,7 @@ def run_href(run_id: str) -> str:
 def _time(moment: datetime | None) -> str:
     if moment is None:
         return ""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def status_badges(info: RunInfo, waiting_human: bool) -> str:

@@ -150,6 +150,7 @@ def test_runs_page_lists_runs_and_filters(world: World, browser: Any) -> None:
         for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")
     }
     assert "SUCCESS" in rows["order-1"]
+    assert " UTC" in rows["order-1"]  # times say their zone, as the CLI's do
     assert "waiting for a human" in rows["refund-8"]
     names = list(rows)
     assert names.index("refund-7") < names.index("order-1")  # newest first
