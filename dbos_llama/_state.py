@@ -42,6 +42,7 @@ from ._patches import (
     rebuild_payload,
 )
 from ._records import StateWrite
+from .errors import StateNotSerializableError
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -224,7 +225,16 @@ class DurableStateStore(Generic[M]):
 
     async def _commit(self, state: M, base: _Snapshot[M], step: StepReservation | None) -> None:
         """Make ``state`` (a change of ``base``) committed, recorded first."""
-        staged = _Snapshot.of(InMemoryStateStore(state))
+        try:
+            staged = _Snapshot.of(InMemoryStateStore(state))
+        except ValueError as error:  # upstream's serializer: a value that is no JSON
+            raise StateNotSerializableError(
+                f"ctx.store cannot keep this write: {error}. A durable run's state is "
+                "recorded as JSON, so that a recovered run reads it back: keep state "
+                "values to JSON data (str, numbers, bools, None, lists, dicts) and "
+                "pydantic models of them; keep functions, clients and other live "
+                "objects on the workflow instance (self) or create them in the step."
+            ) from error
         patch = json_patch(base.payload, staged.payload)
         source, key = self._key()
         if step is None or source is None or key is None:

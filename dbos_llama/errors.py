@@ -49,6 +49,11 @@ class NotSerializableError(DurableError, TypeError):
     """A value that must be stored in the DBOS system database cannot be serialized."""
 
 
+class StateNotSerializableError(NotSerializableError, ValueError):
+    """A value written to a durable run's ``ctx.store`` is not JSON data (the state is
+    recorded as JSON). Also a `ValueError`, as upstream's store raises for it."""
+
+
 class WorkflowNotRegisteredError(DurableError, LookupError):
     """A recorded run names a durable workflow that this process has not registered."""
 

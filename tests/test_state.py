@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from workflows import Context, Workflow, step
 from workflows.events import StartEvent, StopEvent
 
-from dbos_llama import DurableClient, durable
+from dbos_llama import DurableClient, StateNotSerializableError, durable
 from tests.conftest import kill_then_finish
 from tests.flows import Tally
 
@@ -108,3 +108,26 @@ async def test_a_value_changed_in_place_then_set_is_journaled() -> None:
     rebuilt.apply_edits([("", seq, patch) for seq, patch in patches])
     assert await rebuilt.get("items") == ["a", "b"]
     assert rebuild_payload(DurableStateStore(DictState()).payload(), patches) == store.payload()
+
+
+@durable
+class KeepsAFunction(Workflow):
+    @step
+    async def only(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        await ctx.store.set("n", 1)
+        try:
+            await ctx.store.set("f", lambda: 1)
+        except StateNotSerializableError as error:
+            refused = (str(error), isinstance(error, ValueError))
+        return StopEvent(result=(refused, await ctx.store.get("f", default=None)))
+
+
+async def test_a_value_that_is_not_json_is_refused_at_the_write(dbos_app: str) -> None:
+    """Upstream's store keeps any object; a durable run's state is recorded as JSON,
+    so ``set`` of a function raises a clear error at the call (a ValueError, as
+    upstream's serializer raises) and writes nothing: the run goes on."""
+    (message, is_value_error), kept = await KeepsAFunction(timeout=None).run(run_id="fn-1")
+    assert "key f" in message and "recorded as JSON" in message and "self" in message
+    assert is_value_error and kept is None
+    async with DurableClient(dbos_app) as client:
+        assert await client.get_state("fn-1") == {"n": 1}
