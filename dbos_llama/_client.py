@@ -14,7 +14,7 @@ from dbos import error as dbos_error
 from pydantic import BaseModel
 from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
 from workflows.errors import WorkflowCancelledByUser
-from workflows.events import Event, HumanResponseEvent, StopEvent
+from workflows.events import Event, StopEvent
 
 from . import _envelope as envelope
 from . import _naming, _registry
@@ -25,13 +25,10 @@ from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
 from ._records import CANCELLED, PENDING, SUCCESS, step_rows
 from ._release import RELEASED_STATES, Releases, keep_following, wait_while_released
 from ._run_info import RunInfo, StreamEntry, run_info
-from ._send import Destination, Outbox
+from ._send import Outbox, check_destinations
 from ._serialization import UNREADABLE_VALUE_ERRORS
-from ._upstream import class_accepted_events
 from .errors import (
-    EventNotAcceptedError,
     RunConflictError,
-    RunFinishedError,
     RunNotFoundError,
 )
 
@@ -292,7 +289,7 @@ class DurableClient:
         messages = [(run_id, envelope.encode(event, step)) for run_id, event, step in batch]
         if not messages:
             return
-        check = functools.partial(_check_destinations, [(r, e) for r, e, _ in batch])
+        check = functools.partial(check_destinations, [(r, e) for r, e, _ in batch])
         try:
             await asyncio.to_thread(self._outbox.deliver, messages, check)
         except dbos_error.DBOSNonExistentWorkflowError as missing:  # gone since the check
@@ -425,34 +422,3 @@ class DurableClient:
             ```
         """
         return await asyncio.to_thread(hand_over, self._dbos, executor_id)
-
-
-def _check_destinations(
-    sent: list[tuple[str, Event]], destinations: list[Destination | None]
-) -> None:
-    """`Outbox.deliver`'s check of a client's send: each run exists, has not ended,
-    and (if this process has its workflow's code) accepts the event."""
-    found = {d.run_id: d for d in destinations if d is not None}
-    for run_id, event in sent:
-        destination = found.get(run_id)
-        workflow = destination.workflow if destination is not None else None
-        if destination is None or workflow is None:
-            raise RunNotFoundError(
-                f"No durable run with ID {run_id!r} in this system database. Check the "
-                "ID and the database URL."
-            )
-        if destination.ended:
-            raise RunFinishedError(
-                f"Run {run_id!r} has already ended ({destination.status}): it accepts no "
-                "more events. Start a new run instead."
-            )
-        binding = _registry.lookup(workflow)
-        # A HumanResponseEvent may answer a `ctx.wait_for_event` inside a step (e.g. an
-        # agent's approval tool), which no step signature declares.
-        if binding is not None and not isinstance(event, HumanResponseEvent):
-            accepted = class_accepted_events(binding.cls)
-            if not any(isinstance(event, t) for t in accepted):
-                names = ", ".join(sorted(t.__name__ for t in accepted))
-                raise EventNotAcceptedError(
-                    f"No step of {workflow!r} accepts {type(event).__name__}; it accepts: {names}."
-                )

@@ -30,10 +30,12 @@ from typing import Any
 import sqlalchemy as sa
 from dbos import DBOSClient, SendMessage, WorkflowSerializationFormat
 from dbos import error as dbos_error
+from workflows.events import Event, HumanResponseEvent
 
-from . import _naming, _upstream
+from . import _naming, _registry, _upstream
 from ._records import CANCELLED, TERMINAL
 from ._release import RELEASED_STATES, Releases
+from .errors import EventNotAcceptedError, RunFinishedError, RunNotFoundError
 
 logger = logging.getLogger("dbos_llama")
 
@@ -164,3 +166,35 @@ class Outbox:
                 state = str(row[3]) if with_releases and row[3] is not None else None
                 found[run_id] = Destination(run_id, str(row[1]), str(row[2] or ""), state)
         return found
+
+
+def check_destinations(
+    sent: list[tuple[str, Event]], destinations: list[Destination | None]
+) -> None:
+    """`Outbox.deliver`'s check of a `DurableClient` send (bind ``sent``, the
+    ``(run_id, event)`` pairs, with `functools.partial`): each run exists, has not
+    ended, and (if this process has its workflow's code) accepts the event."""
+    found = {d.run_id: d for d in destinations if d is not None}
+    for run_id, event in sent:
+        destination = found.get(run_id)
+        workflow = destination.workflow if destination is not None else None
+        if destination is None or workflow is None:
+            raise RunNotFoundError(
+                f"No durable run with ID {run_id!r} in this system database. Check the "
+                "ID and the database URL."
+            )
+        if destination.ended:
+            raise RunFinishedError(
+                f"Run {run_id!r} has already ended ({destination.status}): it accepts no "
+                "more events. Start a new run instead."
+            )
+        binding = _registry.lookup(workflow)
+        # A HumanResponseEvent may answer a `ctx.wait_for_event` inside a step (e.g. an
+        # agent's approval tool), which no step signature declares.
+        if binding is not None and not isinstance(event, HumanResponseEvent):
+            accepted = _upstream.class_accepted_events(binding.cls)
+            if not any(isinstance(event, t) for t in accepted):
+                names = ", ".join(sorted(t.__name__ for t in accepted))
+                raise EventNotAcceptedError(
+                    f"No step of {workflow!r} accepts {type(event).__name__}; it accepts: {names}."
+                )
