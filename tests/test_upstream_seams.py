@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import typing
 
-import pytest
 from dbos import DBOS, SetWorkflowID
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
@@ -115,18 +114,13 @@ async def test_current_function_id_counts_a_workflows_operations(tmp_path) -> No
     assert first is not None and second == first + 1 and third == first + 2
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_a_pending_message_is_seen_in_dbos_notifications(
-    backend: str, tmp_path, request: pytest.FixtureRequest
-) -> None:
+async def test_a_pending_message_is_seen_in_dbos_notifications(db_url: str) -> None:
     """`has_pending_message` reads DBOS's ``notifications`` table (no public peek):
     a message sent and not received yet is seen; once received, it is not."""
     import sqlalchemy as sa
 
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    else:
-        url = request.getfixturevalue("pg_database")()
+    url = db_url
+    backend = "sqlite" if url.startswith("sqlite") else "postgres"
 
     @DBOS.workflow(name=f"seam-recv-{backend}")
     async def receiver() -> object:
@@ -154,18 +148,13 @@ async def test_a_pending_message_is_seen_in_dbos_notifications(
         DBOS.destroy()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_a_workflow_reads_in_dbos_workflow_status(
-    backend: str, tmp_path, request: pytest.FixtureRequest
-) -> None:
+async def test_a_workflow_reads_in_dbos_workflow_status(db_url: str) -> None:
     """`workflow_status_table` names DBOS's table of workflows, with the columns a
     send reads in its transaction (``workflow_uuid``, ``status``, ``name``)."""
     import sqlalchemy as sa
 
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    else:
-        url = request.getfixturevalue("pg_database")()
+    url = db_url
+    backend = "sqlite" if url.startswith("sqlite") else "postgres"
 
     @DBOS.workflow(name=f"seam-status-{backend}")
     async def finished() -> str:
