@@ -17,12 +17,14 @@ from workflows.events import StartEvent
 
 from . import _naming, _registry
 from ._context import extra_run_attributes, outside_workflow
+from ._patches import recorded_seed
 from ._run_state import run_state
 from ._runtime import input_conflict, same_start_event
 from ._upstream import class_step_names, step_source
 from .errors import (
     QueueNotFoundError,
     RunConflictError,
+    RunInputConflictError,
     RunNotFoundError,
     VersionMismatchError,
 )
@@ -176,14 +178,20 @@ class Binding:
 
     # -- starting a run -------------------------------------------------------------
     async def start_run(
-        self, run_id: str, start_event: StartEvent, attach: str | None = None
+        self,
+        run_id: str,
+        start_event: StartEvent,
+        attach: str | None = None,
+        seed: dict[str, Any] | None = None,
     ) -> Any:
         """Start, enqueue or find the run's DBOS workflow; its DBOS handle. A run this
         call starts in this process is marked `RunState.started_here`.
 
         ``attach`` (`_context.attaching`) says the caller gave no input: an existing
         run is attached to whatever it started with. Otherwise an existing run must
-        have been started with an equal start event (`RunInputConflictError`)."""
+        have been started with an equal start event and, if ``seed`` (the state
+        seeded before the run, recorded with its input) is given, the same seed
+        (`RunInputConflictError`)."""
         assert self.run_function is not None
         status = await DBOS.get_workflow_status_async(run_id)
         if status is not None:
@@ -195,7 +203,7 @@ class Binding:
                     f"{status.name!r}, not to {expected!r}. Use another run_id."
                 )
             if attach is None:
-                self._check_same_input(run_id, status.input, start_event)
+                self._check_same_input(run_id, status.input, start_event, seed)
             return await DBOS.retrieve_workflow_async(run_id)
         if attach == "attach-only":
             raise RunNotFoundError(
@@ -205,28 +213,42 @@ class Binding:
         attributes = SetWorkflowAttributes(
             {**(extra_run_attributes.get() or {}), _naming.VERSION_ATTR: self.version}
         )
+        # Recorded only when there is a seed: a run without one keeps the input shape
+        # of earlier releases.
+        seeded = {} if seed is None else {_naming.SEED_STATE_ARG: seed}
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
             await self._check_queue()
             with SetWorkflowID(run_id), attributes:
                 handle = await DBOS.enqueue_workflow_async(
-                    self.queue, self.run_function, start_event, self.version, time.time()
+                    self.queue, self.run_function, start_event, self.version, time.time(), **seeded
                 )
             return handle
         run_state(run_id).mark_starting()  # before its body can start
         with SetWorkflowID(run_id), attributes:
             return await DBOS.start_workflow_async(
-                self.run_function, start_event, self.version, time.time()
+                self.run_function, start_event, self.version, time.time(), **seeded
             )
 
-    def _check_same_input(self, run_id: str, recorded: Any, start_event: StartEvent) -> None:
+    def _check_same_input(
+        self, run_id: str, recorded: Any, start_event: StartEvent, seed: dict[str, Any] | None
+    ) -> None:
         """Raise `RunInputConflictError` if the existing run ``run_id`` was started
-        with another start event than ``start_event`` (a recorded input this process
-        cannot read is not compared: the run is attached to, as before)."""
+        with another start event than ``start_event``, or (``seed`` given) with
+        another seeded state (a recorded input this process cannot read is not
+        compared: the run is attached to, as before)."""
         args = recorded.get("args") if isinstance(recorded, dict) else None
         first = args[0] if isinstance(args, (list, tuple)) and args else None
         if isinstance(first, StartEvent) and not same_start_event(first, start_event):
             raise input_conflict(run_id, self.name, first, start_event)
+        if isinstance(first, StartEvent) and seed is not None and recorded_seed(recorded) != seed:
+            raise RunInputConflictError(
+                f"Run {run_id!r} of durable workflow {self.name!r} already exists, started "
+                "with other state than this call's context holds (ctx.store before "
+                "run(ctx=ctx)). A run ID runs once: to attach to the existing run, call "
+                f"run(run_id={run_id!r}) with no context; to run with this state, use "
+                "another run_id."
+            )
 
     async def _check_queue(self) -> None:
         assert self.queue is not None

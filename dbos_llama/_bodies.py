@@ -26,6 +26,7 @@ from . import _registry
 from ._adapters import cancel_run_by_id
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
+from ._patches import seed_edit
 from ._records import CANCELLED, step_rows
 from ._registry import DurableBinding
 from ._release_run import finish_release, sweeper, take_up
@@ -47,7 +48,14 @@ logger = logging.getLogger("dbos_llama")
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
     """The DBOS workflow body of a run of ``binding``'s class."""
 
-    async def run_body(start_event: StartEvent, version: str, started_at: float) -> StopEvent:
+    # ``seed_state`` (`_naming.SEED_STATE_ARG`): recorded only for a run seeded with
+    # state before it started; runs recorded without it replay as they were.
+    async def run_body(
+        start_event: StartEvent,
+        version: str,
+        started_at: float,
+        seed_state: dict[str, Any] | None = None,
+    ) -> StopEvent:
         run_id = DBOS.workflow_id
         assert run_id is not None
         run = run_state(run_id)
@@ -67,6 +75,8 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             if not run.started_here and not await take_up(run):
                 await _end_cancelled_while_released(run, binding.name, task)
         await run.load_wakes()
+        if seed_state is not None:  # (a dequeued run is not replayed: seed it here)
+            run.store_for(workflow).apply_edits([seed_edit(seed_state)])
         await run.restore_state(workflow)
         token = run_id_var.set(run_id)
         try:

@@ -38,6 +38,14 @@ HANDLER_ATTR = "dbos_llama.server_handler_id"
 FORK_STEP_ATTR = "dbos_llama.forked_from_step"
 #: DBOS queue no worker listens to: a fork waits there until its attributes are set.
 FORK_PARKING_QUEUE = "dbos_llama.fork-parking"
+#: Keyword argument of a run's DBOS workflow holding the state seeded before the run
+#: (``Context(wf).store`` writes, or the state a continued context carries): a
+#: state payload, recorded with the run's input only when there is one.
+SEED_STATE_ARG = "seed_state"
+#: Source key of the seed among a run's recorded state writes (no step invocation's
+#: key: those are ``STEP/NUMBER``); applied first, as write number `SEED_SEQ`.
+SEED_KEY = "seed"
+SEED_SEQ = -1
 
 
 def derive_name(cls: type) -> str:

@@ -101,15 +101,17 @@ def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]
     ``api`` is `DBOS` or a `DBOSClient`. A completed step invocation's result carries
     its patches; an unfinished one (running, crashed, cancelled) has them as its
     `_naming.STATE_STEP` checkpoints. A fork's reused invocations belong to the run it
-    was forked from: they are found through the fork's copied call records.
+    was forked from: they are found through the fork's copied call records. The state
+    seeded before the run (recorded with its input) comes first (`seed_edit`).
     """
     children = list(api.list_workflows(parent_workflow_id=run_id, load_input=False))
-    found = api.list_workflows(workflow_ids=[run_id], load_input=False, load_output=False)
+    found = api.list_workflows(workflow_ids=[run_id], load_output=False)
     if found and found[0].forked_from is not None:
         reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
         if reused:
             children += api.list_workflows(workflow_ids=reused, status=SUCCESS, load_input=False)
-    edits: list[SourcedPatch] = []
+    seed = recorded_seed(found[0].input) if found else None
+    edits: list[SourcedPatch] = [] if seed is None else [seed_edit(seed)]
     unfinished: set[str] = set()
     for child in children:
         key = _naming.invocation_key(child.workflow_id)
@@ -120,6 +122,19 @@ def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]
             unfinished.add(key)
         edits.extend((key, int(seq), patch) for seq, patch in patches)
     return edits, unfinished
+
+
+def seed_edit(payload: dict[str, Any]) -> SourcedPatch:
+    """The state seeded before a run (a state payload) as the first of its writes."""
+    return (_naming.SEED_KEY, _naming.SEED_SEQ, [{"op": "replace", "path": "", "value": payload}])
+
+
+def recorded_seed(run_input: Any) -> dict[str, Any] | None:
+    """The seed state recorded with a run's DBOS input (``{"args", "kwargs"}``), if
+    any (runs recorded without one, or before seeds existed, have none)."""
+    kwargs = run_input.get("kwargs") if isinstance(run_input, dict) else None
+    seed = kwargs.get(_naming.SEED_STATE_ARG) if isinstance(kwargs, dict) else None
+    return seed if isinstance(seed, dict) else None
 
 
 def checkpointed_patches(invocation_steps: Iterable[StepInfo]) -> list[Patch]:

@@ -7,6 +7,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from workflows.context.serializers import BaseSerializer
+from workflows.context.state_store import infer_state_type
 from workflows.events import StartEvent
 from workflows.runtime.types.plugin import (
     ExternalRunAdapter,
@@ -22,8 +23,10 @@ from workflows.runtime.types.step_function import (
 )
 
 from ._history import jsonable, summarize
+from ._patches import seed_edit
 from ._registry import binding_of
 from ._serialization import ensure_serializable
+from ._state import seed_payload
 from ._upstream import class_accepted_events, dbos_launched, runtime_chain
 from .errors import DBOSNotLaunchedError, RunInputConflictError
 
@@ -153,13 +156,21 @@ class DBOSRuntime(Runtime):
                 "inside the running event loop (in your async main), then run workflows."
             )
         attach = attaching.get()
+        seed = None
         if attach != "attach-only":
             what = f"The start event of {binding.name} (run {run_id!r})"
             ensure_serializable(start_event, what)
+            serializer = serializer or workflow.runtime.get_serializer(workflow)
+            seed = seed_payload(serialized_state, serializer, infer_state_type(workflow))
         run = run_state(run_id)
         run.instance = workflow  # its body and steps run on this instance here
+        # The run's store at once (``handler.ctx.store`` right after ``run()``), with
+        # the state seeded before the run (recorded with the run's input).
+        store = run.store_for(workflow)
+        if seed is not None:
+            store.apply_edits([seed_edit(seed)])
         run.start_task = asyncio.get_running_loop().create_task(
-            binding.start_run(run_id, start_event, attach)
+            binding.start_run(run_id, start_event, attach, seed)
         )
         if attach != "attach-only":
             _remember_start(run, start_event)

@@ -23,6 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from dbos import DBOS, StepReservation
 from pydantic import BaseModel
+from workflows.context.serializers import BaseSerializer
 from workflows.context.state_store import (
     InMemoryStateStore,
     apply_state_patch,
@@ -45,6 +46,13 @@ from ._records import StateWrite
 from .errors import StateNotSerializableError
 
 M = TypeVar("M", bound=BaseModel)
+
+_JSON_STATE = (
+    "A durable run's state is recorded as JSON, so that a recovered run reads it "
+    "back: keep state values to JSON data (str, numbers, bools, None, lists, dicts) "
+    "and pydantic models of them; keep functions, clients and other live objects on "
+    "the workflow instance (self) or create them in the step."
+)
 T = TypeVar("T")
 
 
@@ -229,11 +237,7 @@ class DurableStateStore(Generic[M]):
             staged = _Snapshot.of(InMemoryStateStore(state))
         except ValueError as error:  # upstream's serializer: a value that is no JSON
             raise StateNotSerializableError(
-                f"ctx.store cannot keep this write: {error}. A durable run's state is "
-                "recorded as JSON, so that a recovered run reads it back: keep state "
-                "values to JSON data (str, numbers, bools, None, lists, dicts) and "
-                "pydantic models of them; keep functions, clients and other live "
-                "objects on the workflow instance (self) or create them in the step."
+                f"ctx.store cannot keep this write: {error}. {_JSON_STATE}"
             ) from error
         patch = json_patch(base.payload, staged.payload)
         source, key = self._key()
@@ -303,6 +307,27 @@ class DurableStateStore(Generic[M]):
         self._shared = _Snapshot.decode(rebuild_payload(self._shared.payload, patches))
         self._applied.update((key, seq) for key, seq, _ in edits)
         self._journal.advance_past(max(seq for _, seq, _ in edits))
+
+
+def seed_payload(
+    serialized_state: dict[str, Any] | None, serializer: BaseSerializer, state_type: type[Any]
+) -> dict[str, Any] | None:
+    """The state a run is seeded with (upstream's ``serialized_state``: what
+    ``Context(wf).store`` holds before ``run(ctx=ctx)``) as a state payload to record
+    with the run; None when it is the state type's default (nothing to record)."""
+    if not serialized_state:
+        return None
+    store = InMemoryStateStore.from_dict(serialized_state, serializer)
+    try:
+        payload = _Snapshot.of(store).payload
+    except ValueError as error:
+        raise StateNotSerializableError(
+            f"The state given to the run (ctx.store before run(ctx=ctx)) cannot be "
+            f"recorded: {error}. {_JSON_STATE}"
+        ) from error
+    if payload == _Snapshot.of(InMemoryStateStore(state_type())).payload:
+        return None
+    return payload
 
 
 async def _finish(work: Awaitable[T]) -> tuple[T, bool]:

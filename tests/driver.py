@@ -2,6 +2,7 @@
 
 Prints ``RESULT <json>`` on success. With DBOS_LLAMA_CRASH_AT set the flow kills the
 process at that point instead; run the same command again to recover and finish.
+DBOS_LLAMA_SEED (a JSON object) seeds the run's state through ``Context(wf).store``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import threading
 
 from dbos import DBOS
+from workflows import Context
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import InputRequiredEvent
 
@@ -52,7 +54,14 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
             # Only launch (recovery runs in the background), wait, and exit.
             await asyncio.sleep(float(os.environ["DBOS_LLAMA_LAUNCH_ONLY"]))
             return
-        handler = wf.run(run_id=run_id, **kwargs)
+        if os.environ.get("DBOS_LLAMA_SEED"):
+            # State seeded before the run, as upstream documents it.
+            ctx = Context(wf)
+            for key, value in json.loads(os.environ["DBOS_LLAMA_SEED"]).items():
+                await ctx.store.set(key, value)
+            handler = wf.run(ctx=ctx, run_id=run_id, **kwargs)
+        else:
+            handler = wf.run(run_id=run_id, **kwargs)
         if os.environ.get("DBOS_LLAMA_EXIT_ON_INPUT"):
             # The application asks a human, then its process goes away.
             async for event in handler.stream_events():

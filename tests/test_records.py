@@ -36,6 +36,22 @@ def test_recorded_names_never_change() -> None:
     assert _naming.TABLE_SCHEMA == "dbos_llama"
     assert _naming.FLEET_TABLE == "workers"
     assert _naming.RELEASED_TABLE == "released"
+    # The state seeded before a run: a keyword argument of the run's DBOS workflow,
+    # recorded only when there is one, read back as the run's first write.
+    assert _naming.SEED_STATE_ARG == "seed_state"
+    assert (_naming.SEED_KEY, _naming.SEED_SEQ) == ("seed", -1)
+
+
+def test_the_run_body_takes_the_seed_under_its_recorded_name() -> None:
+    import inspect
+
+    from dbos_llama._bodies import make_run_body
+    from tests.flows import Tally
+
+    body = make_run_body(Tally.__dbos_llama_binding__)  # type: ignore[attr-defined]
+    parameters = inspect.signature(body).parameters
+    assert list(parameters) == ["start_event", "version", "started_at", _naming.SEED_STATE_ARG]
+    assert parameters[_naming.SEED_STATE_ARG].default is None
 
 
 def test_release_rows_keep_their_columns(tmp_path) -> None:
