@@ -16,6 +16,7 @@ from workflows.runtime.types.named_task import NamedTask, PendingStart
 from workflows.runtime.types.plugin import (
     ExternalRunAdapter,
     InternalRunAdapter,
+    V2RuntimeCompatibilityShim,
     WaitForNextTaskResult,
     WaitResult,
 )
@@ -145,6 +146,10 @@ async def _done() -> None:
     return None
 
 
+#: Cancels started by `DBOSExternalAdapter.abort`, until they are done.
+_aborts: set[asyncio.Task[None]] = set()
+
+
 async def cancel_run_by_id(run_id: str) -> None:
     """Mark a run and its unfinished steps CANCELLED in the database; a process
     executing it notices within `CANCEL_POLL_SECONDS` and stops. A released run
@@ -165,8 +170,12 @@ async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | Non
     )
 
 
-class DBOSExternalAdapter(ExternalRunAdapter):
-    """The caller's side of a durable run: send events, stream, await the result."""
+class DBOSExternalAdapter(ExternalRunAdapter, V2RuntimeCompatibilityShim):
+    """The caller's side of a durable run: send events, stream, await the result.
+
+    Also upstream's deprecated v2 surface (`V2RuntimeCompatibilityShim`):
+    ``ctx.is_running``, ``ctx.get_result()``, ``handler.cancel()``.
+    """
 
     def __init__(self, run: RunState) -> None:
         self._run = run
@@ -174,6 +183,45 @@ class DBOSExternalAdapter(ExternalRunAdapter):
     @property
     def run_id(self) -> str:
         return self._run.run_id
+
+    @property
+    def is_running(self) -> bool:
+        """False once this process knows the run ended (its outcome was awaited here,
+        as every handler does) or could not start."""
+        return not self._ended()
+
+    def get_result_or_none(self) -> StopEvent | None:
+        """The run's StopEvent once it ended successfully (raises its error if it
+        failed or was cancelled); None while it runs."""
+        outcome = self._run.outcome
+        if outcome is not None and outcome.done():
+            return outcome.result()
+        start = self._run.start_task
+        if start is not None and start.done() and not start.cancelled():
+            error = start.exception()
+            if error is not None:
+                raise error
+        return None
+
+    def abort(self) -> None:
+        """Upstream's hard cancel (``handler.cancel()``): for a durable run, a cancel
+        (status CANCELLED, steps included), so that no restart resumes it."""
+        run = self._run
+        if self._ended():
+            return
+        if run.executing:
+            run.request_cancel()
+        else:
+            task = asyncio.get_running_loop().create_task(cancel_run_by_id(run.run_id))
+            _aborts.add(task)
+            task.add_done_callback(_aborts.discard)
+
+    def _ended(self) -> bool:
+        outcome = self._run.outcome
+        if outcome is not None and outcome.done():
+            return True
+        start = self._run.start_task
+        return start is not None and start.done() and (start.cancelled() or bool(start.exception()))
 
     async def send_event(self, tick: WorkflowTick) -> None:
         run_id = self._run.run_id

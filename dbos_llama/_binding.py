@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +93,7 @@ class Binding:
         self.run_function: Callable[..., Any] | None = None
         self.step_functions: dict[str, Callable[..., Any]] = {}
         self._callers: dict[str, Callable[..., Any]] = {}
-        self.instance: Workflow | None = None
+        self._instance: weakref.ref[Workflow] | None = None
 
     def describe(self) -> str:
         return f"class {self.cls.__module__}.{self.cls.__qualname__}"
@@ -120,19 +121,27 @@ class Binding:
         return fn
 
     # -- instances -----------------------------------------------------------------
+    @property
+    def instance(self) -> Workflow | None:
+        """The application's newest live instance of the class, if any."""
+        return self._instance() if self._instance is not None else None
+
     def adopt(self, workflow: Workflow) -> None:
-        """Remember the application's newest instance: recovered runs execute on it."""
-        self.instance = workflow
+        """Remember the application's newest instance: recovered runs execute on it.
+        Only weakly: an instance the application drops is collected, as upstream's
+        are (a run executing on it holds it meanwhile)."""
+        self._instance = weakref.ref(workflow)
 
     async def instance_for(self, run_id: str) -> Workflow:
         """The instance a (possibly recovered) run executes on; waits if none exists."""
+        instance = self.instance
         # A class may opt out (agents: a default instance would lack the app's LLM).
         automatic = getattr(self.cls, AUTO_INSTANCE_ATTR, True)
-        if self.instance is None and automatic and _needs_no_arguments(self.cls):
-            self.cls()  # adopts itself in __init__
+        if instance is None and automatic and _needs_no_arguments(self.cls):
+            instance = self.cls()  # (adopts itself in __init__)
         loop = asyncio.get_running_loop()
         next_reminder = loop.time()
-        while self.instance is None:
+        while instance is None:
             if loop.time() >= next_reminder:
                 next_reminder += INSTANCE_REMINDER_SECONDS
                 logger.warning(
@@ -144,7 +153,8 @@ class Binding:
                     self.describe(),
                 )
             await asyncio.sleep(INSTANCE_POLL_SECONDS)
-        return self.instance
+            instance = self.instance
+        return instance
 
     async def hold_if_other_version(self, workflow_id: str, version: str) -> None:
         """Never replay a run (or step invocation) recorded by other code: log, mark

@@ -157,7 +157,10 @@ def _make_durable_subclass(cls: type[Workflow]) -> type[Workflow]:
                 original_init(self, *args, **kwargs)
         else:
             original_init(self, *args, **kwargs)
-        binding.adopt(self)
+        if runs_on_dbos(self.runtime):
+            # (An instance on another runtime, e.g. ``runtime=BasicRuntime()``, runs
+            # as a plain workflow: never one for the class's durable runs.)
+            binding.adopt(self)
 
     functools.update_wrapper(__init__, original_init)
     __init__.__signature__ = inspect.signature(original_init)  # type: ignore[attr-defined]  # set for inspect

@@ -26,7 +26,9 @@ class DurableBinding(Protocol):
     version: str
     queue: str | None
     idle_release: float | None
-    instance: Workflow | None
+
+    @property
+    def instance(self) -> Workflow | None: ...
 
     def describe(self) -> str: ...
     def adopt(self, workflow: Workflow) -> None: ...

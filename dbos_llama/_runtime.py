@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from workflows.context.serializers import BaseSerializer
@@ -14,7 +15,6 @@ from workflows.runtime.types.plugin import (
     InternalRunAdapter,
     RegisteredWorkflow,
     Runtime,
-    WeakIdentityKeyDictionary,
 )
 from workflows.runtime.types.step_function import (
     StepWorkerFunction,
@@ -27,7 +27,12 @@ from ._patches import seed_edit
 from ._registry import binding_of
 from ._serialization import ensure_serializable
 from ._state import seed_payload
-from ._upstream import class_accepted_events, dbos_launched, runtime_chain
+from ._upstream import (
+    class_accepted_events,
+    dbos_launched,
+    runtime_chain,
+    step_functions_version,
+)
 from .errors import DBOSNotLaunchedError, RunInputConflictError
 
 if TYPE_CHECKING:
@@ -82,6 +87,31 @@ def input_conflict(
     )
 
 
+#: Attribute of a workflow instance holding its `_Registration` with the DBOS runtime.
+_REGISTRATION_ATTR = "_dbos_llama_registration"
+
+
+@dataclass
+class _Registration:
+    """A workflow instance's registration, valid for one set of its class's steps."""
+
+    #: The class's step-functions version it was made for (`Workflow.add_step`).
+    version: int
+    registered: RegisteredWorkflow
+    #: The plain step workers a step invocation executes, by step name.
+    inner: dict[str, StepWorkerFunction]
+
+
+def _current_registration(workflow: Workflow) -> _Registration | None:
+    """The instance's registration, unless a step was added to its class since."""
+    registration = workflow.__dict__.get(_REGISTRATION_ATTR)
+    if not isinstance(registration, _Registration):
+        return None
+    if registration.version != step_functions_version(type(workflow)):
+        return None
+    return registration
+
+
 class DBOSRuntime(Runtime):
     """Runs workflows of `@durable` classes as DBOS workflows.
 
@@ -90,43 +120,38 @@ class DBOSRuntime(Runtime):
     invocation is one child DBOS workflow of the step's registered name.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._registered: WeakIdentityKeyDictionary[Workflow, RegisteredWorkflow] = (
-            WeakIdentityKeyDictionary()
-        )
-        self._inner_steps: WeakIdentityKeyDictionary[Workflow, dict[str, StepWorkerFunction]] = (
-            WeakIdentityKeyDictionary()
-        )
-
     @property
     def is_launched(self) -> bool:
         return True
 
     def register(self, workflow: Workflow) -> RegisteredWorkflow:
-        registered = self._registered.get(workflow)
-        if registered is not None:
-            return registered
+        return self._registration(workflow).registered
+
+    def get_registered(self, workflow: Workflow) -> RegisteredWorkflow | None:
+        registration = _current_registration(workflow)
+        return None if registration is None else registration.registered
+
+    def inner_step(self, workflow: Workflow, step_name: str) -> StepWorkerFunction:
+        """The plain (in-process) step worker that a step invocation executes."""
+        return self._registration(workflow).inner[step_name]
+
+    def _registration(self, workflow: Workflow) -> _Registration:
+        registration = _current_registration(workflow)
+        if registration is not None:
+            return registration
         binding = binding_of(workflow)
+        version = step_functions_version(type(workflow))
         inner = as_step_worker_functions(workflow)
-        self._inner_steps[workflow] = inner
         registered = RegisteredWorkflow(
             workflow=workflow,
             workflow_run_fn=create_workflow_run_function(workflow),
             steps={name: binding.step_caller(name) for name in inner},
         )
-        self._registered[workflow] = registered
-        return registered
-
-    def get_registered(self, workflow: Workflow) -> RegisteredWorkflow | None:
-        return self._registered.get(workflow)
-
-    def inner_step(self, workflow: Workflow, step_name: str) -> StepWorkerFunction:
-        """The plain (in-process) step worker that a step invocation executes."""
-        self.get_or_register(workflow)
-        inner = self._inner_steps.get(workflow)
-        assert inner is not None
-        return inner[step_name]
+        registration = _Registration(version, registered, inner)
+        # Kept on the instance, not in a table of the runtime: the registration
+        # refers to the instance, so a table entry would keep every instance alive.
+        setattr(workflow, _REGISTRATION_ATTR, registration)
+        return registration
 
     def run_workflow(
         self,

@@ -37,6 +37,12 @@ def class_accepted_events(cls: type[Workflow]) -> list[type[Any]]:
     return accepted
 
 
+def step_functions_version(cls: type[Workflow]) -> int:
+    """A counter that ``Workflow.add_step`` bumps on the class: a registration of an
+    instance made before a step was added is stale (``_step_functions_version``)."""
+    return int(getattr(cls, "_step_functions_version", 0))
+
+
 def step_source(cls: type[Workflow], step_name: str) -> str:
     """Source text of one step function, for the class's code version."""
     func: Any = cls._get_steps_from_class()[step_name]

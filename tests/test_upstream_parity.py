@@ -8,14 +8,24 @@ upstream's behaviour impossible.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import inspect
 import json
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dbos import DBOS
-from pydantic import BaseModel
+from llama_index_instrumentation import get_dispatcher
+from llama_index_instrumentation.span import BaseSpan
+from llama_index_instrumentation.span_handlers import BaseSpanHandler
+from pydantic import BaseModel, Field
 from workflows import Context, Workflow, step
-from workflows.events import StartEvent, StopEvent
+from workflows.errors import WorkflowRuntimeError
+from workflows.events import Event, HumanResponseEvent, StartEvent, StopEvent
+from workflows.plugins.basic import BasicRuntime
 
 from dbos_llama import DurableClient, RunInputConflictError, durable
 from tests.conftest import run_driver
@@ -143,3 +153,227 @@ def test_seeded_state_survives_a_crash(tmp_path: Path, db_url: str, crash_at: st
         done = run_driver(db_url, "tally", "seeded-1", kwargs, log)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.result == {"customer": "ada", "count": 111, "last": "<tally-two>"}
+
+
+# -- group 6: smaller gaps ----------------------------------------------------------
+
+
+class Middle(Event):
+    pass
+
+
+class Grows(Workflow):
+    @step
+    async def entry(self, ctx: Context, ev: StartEvent) -> StopEvent | None:
+        if ev.get("more"):
+            ctx.send_event(Middle())
+            return None
+        return StopEvent(result="entry")
+
+
+class PlainGrows(Grows):
+    pass
+
+
+DurableGrows = durable(Grows, name="parity.grows")
+
+
+async def test_a_step_added_after_a_run_is_used_by_the_next_run(dbos_app: str) -> None:
+    """Upstream's test_validation_cache_invalidated_on_add_step, on both runtimes: an
+    instance that already ran uses a step added to its class afterwards."""
+    for n, cls in enumerate([PlainGrows, DurableGrows]):
+        # (Middle is sent, not returned: upstream's graph check cannot see it.)
+        wf = cls(timeout=None, disable_validation=True)
+        assert await wf.run(run_id=f"grows-{n}-a") == "entry"
+
+        @step(workflow=cls)
+        async def extra(ev: Middle) -> StopEvent:
+            return StopEvent(result="extra")
+
+        assert await wf.run(run_id=f"grows-{n}-b", more=True) == "extra"
+
+
+# -- group 4: finished workflows are not kept in memory -----------------------------
+
+
+class Tiny(Workflow):
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        if ev.get("timer"):
+            # A long-lived handle snapshots the step's contextvars (as aiohttp's
+            # connector cleanup does): it must not pin the workflow.
+            HANDLES.append(asyncio.get_running_loop().call_later(3600, lambda: None))
+            Context.get_step_context()
+        return StopEvent(result="done")
+
+
+HANDLES: list[asyncio.TimerHandle] = []
+DurableTiny = durable(Tiny, name="parity.tiny")
+
+
+async def _collected(refs: list[weakref.ReferenceType[Workflow]]) -> int:
+    """How many of the referenced workflows are still alive after a full collection."""
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0)
+    return sum(r() is not None for r in refs)
+
+
+@pytest.mark.parametrize("timer", [False, True])
+async def test_finished_workflows_are_collectable(dbos_app: str, timer: bool) -> None:
+    """Upstream's test_workflow_instances_garbage_collected_after_completion and
+    test_workflow_not_pinned_by_timer_handle_context, on both runtimes."""
+    try:
+        for n, cls in enumerate([Tiny, DurableTiny]):
+            refs: list[weakref.ReferenceType[Workflow]] = []
+            for i in range(5):
+                wf = cls(timeout=None)
+                refs.append(weakref.ref(wf))
+                handler = wf.run(run_id=f"tiny-{timer}-{n}-{i}", timer=timer)
+                assert await handler == "done"
+                del wf, handler
+            assert await _collected(refs) == 0, cls
+    finally:
+        for handle in HANDLES:
+            handle.cancel()
+        HANDLES.clear()
+
+
+async def test_an_instance_on_another_runtime_is_not_kept(dbos_app: str) -> None:
+    """An instance of a durable class created with ``runtime=BasicRuntime()`` runs as a
+    plain workflow, and is never taken for the class's durable runs."""
+    binding = DurableTiny.__dbos_llama_binding__  # type: ignore[attr-defined]
+    kept = DurableTiny(timeout=None)
+    plain = DurableTiny(timeout=None, runtime=BasicRuntime())
+    assert binding.instance is kept
+    ref = weakref.ref(plain)
+    assert await plain.run(run_id="on-basic") == "done"
+    assert await DBOS.get_workflow_status_async("on-basic") is None  # not a DBOS run
+    del plain
+    assert await _collected([ref]) == 0
+    del kept
+    gc.collect()
+    assert binding.instance is None
+
+
+class Gate(HumanResponseEvent):
+    pass
+
+
+class Gated(Workflow):
+    @step
+    async def wait(self, ev: StartEvent | Gate) -> StopEvent | None:
+        if isinstance(ev, Gate):
+            return StopEvent(result="opened")
+        return None
+
+
+DurableGated = durable(Gated, name="parity.gated")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_deprecated_get_result_and_is_running(dbos_app: str) -> None:
+    """``ctx.get_result()`` (deprecated) raises upstream's "is not complete" while the
+    run goes on and returns the result after it; ``ctx.is_running`` turns False once
+    the handler is awaited."""
+    for n, cls in enumerate([Gated, DurableGated]):
+        handler = cls(timeout=None).run(run_id=f"gated-{n}")
+        await asyncio.sleep(0.2)
+        assert handler.ctx.is_running
+        with pytest.raises(WorkflowRuntimeError, match="is not complete"):
+            handler.ctx.get_result()
+        handler.ctx.send_event(Gate(response="open"))
+        assert await handler == "opened"
+        assert not handler.ctx.is_running, cls
+        assert handler.ctx.get_result() == "opened"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_deprecated_hard_cancel_ends_the_run(dbos_app: str) -> None:
+    """``handler.cancel()`` (deprecated, upstream's hard cancel) ends a durable run
+    CANCELLED: no restart resumes it."""
+    handler = DurableGated(timeout=None).run(run_id="gated-abort")
+    await asyncio.sleep(0.3)
+    handler.cancel()
+    for _ in range(100):
+        status = await DBOS.get_workflow_status_async("gated-abort")
+        if status is not None and status.status == "CANCELLED":
+            break
+        await asyncio.sleep(0.1)
+    assert status is not None and status.status == "CANCELLED"
+
+
+class SpanTracker(BaseSpanHandler[BaseSpan]):
+    """Upstream's test_spans.py tracker: which spans exit, which are dropped."""
+
+    exited: list[str] = Field(default_factory=list)
+    dropped: list[tuple[str, str]] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SpanTracker"
+
+    def new_span(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        parent_span_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> BaseSpan | None:
+        return BaseSpan(id_=id_, parent_id=parent_span_id, tags=tags or {})
+
+    def prepare_to_exit_span(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
+    ) -> BaseSpan | None:
+        self.exited.append(id_)
+        return self.open_spans.get(id_)
+
+    def prepare_to_drop_span(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
+    ) -> BaseSpan | None:
+        self.dropped.append((id_, repr(err)))
+        return self.open_spans.get(id_)
+
+
+class Answer(Event):
+    value: str
+
+
+class Asks(Workflow):
+    @step
+    async def wait_step(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        answer = await ctx.wait_for_event(Answer)
+        return StopEvent(result=answer.value)
+
+
+DurableAsks = durable(Asks, name="parity.asks")
+
+
+async def test_wait_for_event_exits_its_spans_without_dropping(dbos_app: str) -> None:
+    """Upstream's test_wait_for_event_does_not_produce_dropped_spans: the waiting step's
+    span exits (once for the wait, once for the re-run), none is dropped."""
+    for n, cls in enumerate([Asks, DurableAsks]):
+        tracker = SpanTracker()
+        get_dispatcher().span_handlers.append(tracker)
+        try:
+            handler = cls(timeout=None).run(run_id=f"asks-{n}")
+            await asyncio.sleep(0.3)  # (an event sent before the run waits: group 5)
+            handler.ctx.send_event(Answer(value="hello"))
+            assert await handler == "hello"
+        finally:
+            get_dispatcher().span_handlers.remove(tracker)
+        assert tracker.dropped == [], cls
+        assert len([s for s in tracker.exited if "wait_step" in s]) >= 2
+        assert len([s for s in tracker.exited if ".run-" in s]) == 1

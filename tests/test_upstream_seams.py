@@ -58,6 +58,21 @@ def test_step_functions_of_a_class_are_copied() -> None:
     assert Target._step_functions == _Plain._step_functions
 
 
+def test_add_step_bumps_the_step_functions_version() -> None:
+    class Growing(Workflow):
+        @step
+        async def entry(self, ev: StartEvent) -> StopEvent:
+            return StopEvent()
+
+    before = up.step_functions_version(Growing)
+
+    @step(workflow=Growing)
+    async def more(ev: StartEvent) -> StopEvent:
+        return StopEvent()
+
+    assert up.step_functions_version(Growing) == before + 1
+
+
 def test_dbos_serializer_is_found(tmp_path) -> None:
     serializer = JsonDataSerializer()
     DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}", serializer=serializer))
