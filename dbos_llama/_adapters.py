@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncGenerator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbos import DBOS
 from dbos import error as dbos_error
 from workflows.context.state_store import StateStore
-from workflows.errors import WorkflowCancelledByUser
+from workflows.errors import WorkflowCancelledByUser, WorkflowRuntimeError
 from workflows.events import Event, InternalDispatchEvent, StopEvent
+from workflows.runtime.types.internal_state import BrokerState
 from workflows.runtime.types.named_task import NamedTask, PendingStart
 from workflows.runtime.types.plugin import (
     ExternalRunAdapter,
     InternalRunAdapter,
+    SnapshottableAdapter,
     V2RuntimeCompatibilityShim,
     WaitForNextTaskResult,
     WaitResult,
@@ -30,7 +32,11 @@ from ._mailbox import Mailbox
 from ._release_run import local, local_outbox
 from ._run_state import RunState, StreamMoved, _runs, forget_run
 from ._serialization import ensure_serializable
+from ._snapshots import HandlerStore, tick_log
 from ._upstream import awaited_event_types
+
+if TYPE_CHECKING:
+    from workflows.workflow import Workflow
 
 #: How often a process that did not start a run polls the database for its result.
 ATTACH_POLLING_INTERVAL_SEC = 0.1
@@ -100,6 +106,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
         return DBOS.write_stream_async(_naming.STREAM_KEY, event)
 
     async def on_tick(self, tick: WorkflowTick) -> None:
+        tick_log(self._run).append(tick)  # (for the run's snapshot)
         if not isinstance(tick, TickStepResult):
             return
         for awaited in awaited_event_types(tick.result):
@@ -170,15 +177,36 @@ async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | Non
     )
 
 
-class DBOSExternalAdapter(ExternalRunAdapter, V2RuntimeCompatibilityShim):
+class DBOSExternalAdapter(ExternalRunAdapter, SnapshottableAdapter, V2RuntimeCompatibilityShim):
     """The caller's side of a durable run: send events, stream, await the result.
 
-    Also upstream's deprecated v2 surface (`V2RuntimeCompatibilityShim`):
-    ``ctx.is_running``, ``ctx.get_result()``, ``handler.cancel()``.
+    Snapshottable (``ctx.to_dict()``, ``ctx.running_steps()``): the broker state is
+    rebuilt from the ticks the run's control loop took in this process, and the
+    snapshot's state is a handle naming the run (`_snapshots`). Also upstream's
+    deprecated v2 surface (`V2RuntimeCompatibilityShim`): ``ctx.is_running``,
+    ``ctx.get_result()``, ``handler.cancel()``.
     """
 
-    def __init__(self, run: RunState) -> None:
+    def __init__(self, run: RunState, workflow: Workflow | None = None) -> None:
         self._run = run
+        self._workflow = workflow
+
+    @property
+    def init_state(self) -> BrokerState:
+        workflow = self._workflow or self._run.instance
+        if workflow is None:
+            raise WorkflowRuntimeError(
+                f"Durable run {self._run.run_id!r} cannot be snapshotted here: this "
+                "process has no instance of its workflow (pass the workflow's instance "
+                "to run(), or read the run with DurableClient)."
+            )
+        state = BrokerState.from_workflow(workflow)
+        # (Its ticks, when its control loop ran here, say it again.)
+        state.is_running = self.is_running
+        return state
+
+    def replay(self) -> list[WorkflowTick]:
+        return list(tick_log(self._run))
 
     @property
     def run_id(self) -> str:
@@ -333,4 +361,10 @@ class DBOSExternalAdapter(ExternalRunAdapter, V2RuntimeCompatibilityShim):
             handle = await DBOS.retrieve_workflow_async(run.run_id)
 
     def get_state_store(self, namespace: tuple[str, ...] = ()) -> StateStore[Any] | None:
-        return self._run.state_store_at(namespace)
+        store = self._run.state_store_at(namespace)
+        if store is None:
+            workflow = self._workflow or self._run.instance
+            if namespace or workflow is None:
+                return None
+            store = self._run.store_for(workflow)
+        return HandlerStore(self._run, store, self._ended)

@@ -33,10 +33,9 @@ from ._release_run import finish_release, sweeper, take_up
 from ._run_state import RunState, StreamMoved, forget_run, run_state
 from ._runtime import dbos_runtime
 from ._serialization import ensure_serializable, storable_exception, with_storable_exception
+from ._snapshots import forget_ticks
 from ._step_workflows import StepOutcome
-from .errors import (
-    NotSerializableError,
-)
+from .errors import NotSerializableError
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
@@ -48,8 +47,7 @@ logger = logging.getLogger("dbos_llama")
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
     """The DBOS workflow body of a run of ``binding``'s class."""
 
-    # ``seed_state`` (`_naming.SEED_STATE_ARG`): recorded only for a run seeded with
-    # state before it started; runs recorded without it replay as they were.
+    # ``seed_state`` (`_naming.SEED_STATE_ARG`): only in the input of a seeded run.
     async def run_body(
         start_event: StartEvent,
         version: str,
@@ -111,6 +109,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             if run.releasing:
                 run.publish(StreamMoved(offset=run.stream_length))
                 run.events.clear()  # a caller's handler may hold the state for long
+                forget_ticks(run)
                 await finish_release(run)
             elif leftovers and not lease.is_stale(run.generation):
                 await _cancel_outside_workflow(leftovers)

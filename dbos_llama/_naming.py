@@ -46,6 +46,9 @@ SEED_STATE_ARG = "seed_state"
 #: key: those are ``STEP/NUMBER``); applied first, as write number `SEED_SEQ`.
 SEED_KEY = "seed"
 SEED_SEQ = -1
+#: ``store_type`` of the state of a durable run's context snapshot (``ctx.to_dict()``):
+#: a handle naming the run, kept by applications (saved snapshots).
+SNAPSHOT_STORE_TYPE = "dbos_llama"
 
 
 def derive_name(cls: type) -> str:

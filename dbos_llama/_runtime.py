@@ -24,13 +24,15 @@ from workflows.runtime.types.step_function import (
 
 from ._history import jsonable, summarize
 from ._patches import seed_edit
-from ._registry import binding_of
+from ._registry import DurableBinding, binding_of
 from ._serialization import ensure_serializable
-from ._state import seed_payload
+from ._snapshots import Attach, Continue, plan, recorded_state
+from ._state import DurableStateStore, seed_payload
 from ._upstream import (
     class_accepted_events,
     dbos_launched,
     runtime_chain,
+    start_event_placeholder,
     step_functions_version,
 )
 from .errors import DBOSNotLaunchedError, RunInputConflictError
@@ -112,6 +114,24 @@ def _current_registration(workflow: Workflow) -> _Registration | None:
     return registration
 
 
+async def _start(
+    binding: DurableBinding,
+    run_id: str,
+    start_event: StartEvent,
+    attach: str | None,
+    seed: dict[str, Any] | None,
+    seed_from: str | None,
+    store: DurableStateStore[Any],
+) -> Any:
+    """Start (or find) the run; a continuation of a run whose state this process did
+    not hold is seeded with the state recorded by that run."""
+    if seed_from is not None:
+        seed = await recorded_state(seed_from, store.state_type)
+        if seed is not None:
+            store.apply_edits([seed_edit(seed)])
+    return await binding.start_run(run_id, start_event, attach, seed)
+
+
 class DBOSRuntime(Runtime):
     """Runs workflows of `@durable` classes as DBOS workflows.
 
@@ -163,15 +183,22 @@ class DBOSRuntime(Runtime):
         serializer: BaseSerializer | None = None,
     ) -> ExternalRunAdapter:
         binding = binding_of(workflow)
+        attach = attaching.get()
+        # A context snapshot (``Context.from_dict``): attach to its run, or continue
+        # from its state (`_snapshots.plan`).
+        decided = plan(serialized_state, start_event is None, binding.name)
+        if isinstance(decided, Attach):
+            run_id, attach = decided.run_id, "attach-only"
+            start_event = start_event_placeholder(workflow)
         existing = _runs.get(run_id)
         if existing is not None and existing.start_task is not None:
             # Same run ID again in this process: attach, never a second execution
             # (with other input than this process started it with: an error).
             started = _started_with(existing)
-            if start_event is not None and started is not None and attaching.get() is None:
+            if start_event is not None and started is not None and attach is None:
                 if not same_start_event(started, start_event):
                     raise input_conflict(run_id, binding.name, started, start_event)
-            return DBOSExternalAdapter(existing)
+            return DBOSExternalAdapter(existing, workflow)
         if start_event is None:
             raise binding.error_no_start_event()
         if not dbos_launched():
@@ -180,13 +207,15 @@ class DBOSRuntime(Runtime):
                 "not launched. Configure DBOS(config=...) and call DBOS.launch() first, "
                 "inside the running event loop (in your async main), then run workflows."
             )
-        attach = attaching.get()
-        seed = None
+        seed, seed_from = None, None
+        if isinstance(decided, Continue):
+            seed, seed_from = decided.seed, decided.from_run
+        elif attach != "attach-only":
+            serializer = serializer or workflow.runtime.get_serializer(workflow)
+            seed = seed_payload(serialized_state, serializer, infer_state_type(workflow))
         if attach != "attach-only":
             what = f"The start event of {binding.name} (run {run_id!r})"
             ensure_serializable(start_event, what)
-            serializer = serializer or workflow.runtime.get_serializer(workflow)
-            seed = seed_payload(serialized_state, serializer, infer_state_type(workflow))
         run = run_state(run_id)
         run.instance = workflow  # its body and steps run on this instance here
         # The run's store at once (``handler.ctx.store`` right after ``run()``), with
@@ -195,11 +224,11 @@ class DBOSRuntime(Runtime):
         if seed is not None:
             store.apply_edits([seed_edit(seed)])
         run.start_task = asyncio.get_running_loop().create_task(
-            binding.start_run(run_id, start_event, attach, seed)
+            _start(binding, run_id, start_event, attach, seed, seed_from, store)
         )
         if attach != "attach-only":
             _remember_start(run, start_event)
-        return DBOSExternalAdapter(run)
+        return DBOSExternalAdapter(run, workflow)
 
     def get_internal_adapter(self, workflow: Workflow) -> InternalRunAdapter:
         run_id = run_id_var.get()

@@ -43,6 +43,12 @@ def step_functions_version(cls: type[Workflow]) -> int:
     return int(getattr(cls, "_step_functions_version", 0))
 
 
+def start_event_placeholder(workflow: Workflow) -> Any:
+    """An unvalidated instance of the workflow's start event class, for a call that
+    only attaches to an existing run (``Workflow._start_event_class``)."""
+    return workflow._start_event_class.model_construct()
+
+
 def step_source(cls: type[Workflow], step_name: str) -> str:
     """Source text of one step function, for the class's code version."""
     func: Any = cls._get_steps_from_class()[step_name]

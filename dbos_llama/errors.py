@@ -81,6 +81,18 @@ class RunNotFoundError(DurableError, LookupError):
     """No durable run has this ID in the system database."""
 
 
+class SnapshotNotDurableError(DurableError, ValueError):
+    """``run(ctx=...)`` of a durable workflow was given a context snapshot it cannot
+    continue: one of a run on the plain (in-memory) runtime or another durable runtime
+    taken while it ran, or one with no run in it. The message says what to do instead."""
+
+
+class StateWriteOutsideRunError(DurableError, RuntimeError):
+    """A write through ``handler.ctx.store`` while the durable run runs (or to a run
+    this process did not execute): only the run's steps' writes are recorded. Write
+    from a step, or seed the state before the run."""
+
+
 class RunFinishedError(DurableError):
     """The run has already ended, so it cannot take this operation."""
 

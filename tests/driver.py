@@ -67,6 +67,9 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
             async for event in handler.stream_events():
                 if isinstance(event, InputRequiredEvent):
                     print("ASKED " + json.dumps(event.prefix), flush=True)
+                    if os.environ.get("DBOS_LLAMA_EXIT_ON_INPUT") == "snapshot":
+                        # Upstream's way to persist the run: its context snapshot.
+                        print("SNAPSHOT " + json.dumps(handler.ctx.to_dict()), flush=True)
                     os._exit(0)
         try:
             result = await handler

@@ -23,12 +23,18 @@ from llama_index_instrumentation.span import BaseSpan
 from llama_index_instrumentation.span_handlers import BaseSpanHandler
 from pydantic import BaseModel, Field
 from workflows import Context, Workflow, step
-from workflows.errors import WorkflowRuntimeError
+from workflows.errors import ContextSerdeError, ContextStateError, WorkflowRuntimeError
 from workflows.events import Event, HumanResponseEvent, StartEvent, StopEvent
 from workflows.plugins.basic import BasicRuntime
 
-from dbos_llama import DurableClient, RunInputConflictError, durable
-from tests.conftest import run_driver
+from dbos_llama import (
+    DurableClient,
+    RunInputConflictError,
+    SnapshotNotDurableError,
+    StateWriteOutsideRunError,
+    durable,
+)
+from tests.conftest import read_log, run_driver
 
 
 class Counter(Workflow):
@@ -377,3 +383,184 @@ async def test_wait_for_event_exits_its_spans_without_dropping(dbos_app: str) ->
         assert tracker.dropped == [], cls
         assert len([s for s in tracker.exited if "wait_step" in s]) >= 2
         assert len([s for s in tracker.exited if ".run-" in s]) == 1
+
+
+# -- groups 1 and 2: context snapshots, and one context over several runs ------------
+
+
+async def test_sequential_runs_on_one_context_accumulate_state(dbos_app: str) -> None:
+    """Upstream's test_sequential_runs_accumulate_state and
+    test_store_continuation_with_pre_run_seeding: each run on a finished run's context
+    starts from that run's state (a durable one as a new run, seeded with it)."""
+    for cls in (Counter, DurableCounter):
+        wf = cls(timeout=None)
+        ctx: Context = Context(wf)
+        assert [await wf.run(ctx=ctx) for _ in range(3)] == [1, 2, 3]
+        assert not ctx.is_running
+        assert "state" in ctx.to_dict()
+        seeded: Context = Context(wf)
+        await seeded.store.set("count", 10)
+        assert [await wf.run(ctx=seeded) for _ in range(2)] == [11, 12]
+
+
+async def test_a_context_runs_one_run_at_a_time(dbos_app: str) -> None:
+    """Upstream's test_concurrent_runs_same_context_raises."""
+    for n, cls in enumerate([Gated, DurableGated]):
+        wf = cls(timeout=None)
+        ctx: Context = Context(wf)
+        handler = wf.run(ctx=ctx, run_id=f"one-at-a-time-{n}")
+        await asyncio.sleep(0.2)
+        with pytest.raises(ContextStateError, match="already running"):
+            wf.run(ctx=ctx)
+        handler.ctx.send_event(Gate(response="open"))
+        assert await handler == "opened"
+
+
+async def test_a_saved_snapshot_of_an_ended_run_continues_its_state(dbos_app: str) -> None:
+    """Upstream's test_from_dict_then_sequential_runs, with the snapshot saved as JSON:
+    a durable snapshot names its run and carries its state; the continuation is a new
+    durable run whose input records that state."""
+    for n, cls in enumerate([Counter, DurableCounter]):
+        wf = cls(timeout=None)
+        ctx: Context = Context(wf)
+        assert await wf.run(ctx=ctx, run_id=f"snap-end-{n}") == 1
+        data = json.loads(json.dumps(ctx.to_dict()))
+        assert data["is_running"] is False
+        restored: Context = Context.from_dict(cls(timeout=None), data)
+        assert await wf.run(ctx=restored, run_id=f"snap-next-{n}") == 2
+    state = (await DBOS.get_workflow_status_async("snap-next-1")).input["kwargs"]  # type: ignore[union-attr]
+    assert state["seed_state"]["state_data"]["_data"] == {"count": 1}
+    assert data["state"]["store_type"] == "dbos_llama" and data["state"]["run_id"] == "snap-end-1"
+
+
+async def test_a_snapshot_taken_while_the_run_waits_attaches_to_it(dbos_app: str) -> None:
+    """Human in the loop, upstream's way: save ``ctx.to_dict()`` while the run waits,
+    later ``Context.from_dict`` + ``run(ctx=...)``, send the answer. The durable
+    snapshot names the run: the new handler is that run's (no second execution)."""
+    wf = DurableGated(timeout=None)
+    handler = wf.run(run_id="snap-wait")
+    await asyncio.sleep(0.3)
+    data = json.loads(json.dumps(handler.ctx.to_dict()))
+    assert data["is_running"] is True
+    assert data["state"]["run_id"] == "snap-wait"
+    restored: Context = Context.from_dict(DurableGated(timeout=None), data)
+    resumed = wf.run(ctx=restored)
+    assert resumed.run_id == "snap-wait"
+    resumed.ctx.send_event(Gate(response="open"))
+    assert await resumed == "opened"
+    assert await handler == "opened"
+    # A snapshot's state is the run's: it is read through the run, not before it.
+    with pytest.raises(ContextSerdeError, match="durable state store 'dbos_llama'"):
+        Context.from_dict(wf, data).store  # noqa: B018
+
+
+class Slow(Workflow):
+    @step
+    async def work(self, ev: StartEvent) -> StopEvent:
+        await RELEASE.wait()
+        return StopEvent(result="worked")
+
+
+RELEASE = asyncio.Event()
+DurableSlow = durable(Slow, name="parity.slow")
+
+
+async def test_running_steps_of_a_durable_run(dbos_app: str) -> None:
+    """``ctx.running_steps()`` (upstream's, from the run's ticks) lists the step that
+    runs, and none once the run ended."""
+    for n, cls in enumerate([Slow, DurableSlow]):
+        RELEASE.clear()
+        handler = cls(timeout=None).run(run_id=f"running-steps-{n}")
+        await asyncio.sleep(0.3)
+        assert await handler.ctx.running_steps() == ["work"], cls
+        RELEASE.set()
+        assert await handler == "worked"
+        assert await handler.ctx.running_steps() == []
+
+
+async def test_snapshots_a_durable_run_cannot_continue_are_refused(dbos_app: str) -> None:
+    """A snapshot of a plain run taken while it ran cannot become a durable run: a
+    specific error saying what to do. Its state (a snapshot taken after it ended)
+    seeds a new durable run; a durable snapshot on the plain runtime is refused by
+    upstream itself."""
+    plain = Gated(timeout=None)
+    handler = plain.run(run_id="plain-mid")
+    await asyncio.sleep(0.2)
+    mid = handler.ctx.to_dict()
+    handler.ctx.send_event(Gate(response="open"))
+    assert await handler == "opened"
+    durable_wf = DurableGated(timeout=None)
+    with pytest.raises(SnapshotNotDurableError, match="plain .in-memory. runtime"):
+        durable_wf.run(ctx=Context.from_dict(durable_wf, mid))
+    with pytest.raises(SnapshotNotDurableError, match="without its state"):
+        durable_wf.run(ctx=Context.from_dict(durable_wf, {**mid, "state": {}}))
+    # A plain run's ended snapshot: its state seeds a new durable run.
+    counter = Counter(timeout=None)
+    ctx: Context = Context(counter)
+    assert await counter.run(ctx=ctx) == 1
+    durable_counter = DurableCounter(timeout=None)
+    assert await durable_counter.run(ctx=Context.from_dict(durable_counter, ctx.to_dict())) == 2
+    # And the other way round.
+    dctx: Context = Context(durable_counter)
+    assert await durable_counter.run(ctx=dctx) == 1
+    with pytest.raises(WorkflowRuntimeError, match="cannot restore durable state store"):
+        await counter.run(ctx=Context.from_dict(counter, dctx.to_dict()))
+
+
+async def test_the_handlers_store_takes_writes_once_the_run_ended(dbos_app: str) -> None:
+    """While a durable run runs, only its steps' writes are recorded: a write through
+    ``handler.ctx.store`` raises instead of being lost in a crash. Once the run ended
+    (in this process), writes change what a continuation of the context starts with."""
+    wf = DurableGated(timeout=None)
+    ctx: Context = Context(wf)
+    handler = wf.run(ctx=ctx, run_id="handler-writes")
+    await asyncio.sleep(0.2)
+    assert await handler.ctx.store.get("k", default=None) is None  # reads work
+    with pytest.raises(StateWriteOutsideRunError, match="only its steps' writes"):
+        await handler.ctx.store.set("k", 1)
+    handler.ctx.send_event(Gate(response="open"))
+    assert await handler == "opened"
+    await handler.ctx.store.set("count", 40)
+    counter = DurableCounter(timeout=None)
+    assert await counter.run(ctx=Context.from_dict(counter, ctx.to_dict())) == 41
+
+
+def test_a_snapshot_saved_by_a_process_that_is_gone_attaches_to_its_run(
+    tmp_path: Path, db_url: str
+) -> None:
+    """The asking process saves its context snapshot and exits; another process
+    restores it (``Context.from_dict`` + ``run(ctx=...)``), answers, and gets the
+    result: the run continues from its records, the asking step is not run again."""
+    log = tmp_path / "log"
+    asked = run_driver(
+        db_url,
+        "approval",
+        "snap-proc",
+        {"customer": "ada"},
+        log,
+        # (One application version for both processes: DBOS recovers only its own.)
+        extra_env={"DBOS_LLAMA_EXIT_ON_INPUT": "snapshot", "DBOS_LLAMA_APP_VERSION": "snap"},
+    )
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    line = next(x for x in asked.stdout.splitlines() if x.startswith("SNAPSHOT "))
+    data = json.loads(line[len("SNAPSHOT ") :])
+
+    async def answer() -> Any:
+        from workflows.events import HumanResponseEvent as Answer
+
+        from tests.conftest import dbos_config
+        from tests.flows import Approval
+
+        DBOS(config=dbos_config(db_url, application_version="snap"))
+        DBOS.launch()
+        try:
+            wf = Approval(timeout=None)
+            handler = wf.run(ctx=Context.from_dict(wf, data))
+            assert handler.run_id == "snap-proc"
+            handler.ctx.send_event(Answer(response="yes"))
+            return await handler
+        finally:
+            DBOS.destroy()
+
+    assert asyncio.run(answer()) == "answer=yes"
+    assert read_log(log)["step:snap-proc/ask/0"] == 1

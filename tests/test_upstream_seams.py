@@ -73,6 +73,19 @@ def test_add_step_bumps_the_step_functions_version() -> None:
     assert up.step_functions_version(Growing) == before + 1
 
 
+def test_a_start_event_placeholder_is_of_the_workflows_start_event_class() -> None:
+    class Needs(StartEvent):
+        topic: str
+
+    class Asks(Workflow):
+        @step
+        async def entry(self, ev: Needs) -> StopEvent:
+            return StopEvent()
+
+    placeholder = up.start_event_placeholder(Asks())
+    assert type(placeholder) is Needs  # built without its required field
+
+
 def test_dbos_serializer_is_found(tmp_path) -> None:
     serializer = JsonDataSerializer()
     DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}", serializer=serializer))
