@@ -273,8 +273,9 @@ class Binding:
 
     def error_no_start_event(self) -> Exception:
         return WorkflowRuntimeError(
-            f"A durable run of {self.name!r} needs a start event: durable runs cannot "
-            "continue from a Context snapshot. Start it with run(run_id=..., **fields)."
+            f"A durable run of {self.name!r} needs a start event. Start it with "
+            "run(run_id=..., **fields), or attach to a run with run(run_id=...) or with "
+            "the context snapshot it gave (Context.from_dict(wf, ctx.to_dict()))."
         )
 
     def step_caller(self, step: str) -> Callable[..., Any]:

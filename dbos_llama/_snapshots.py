@@ -9,6 +9,8 @@ a new run seeded with its state if it had ended (upstream's continuation).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -88,7 +90,12 @@ class HandlerStore:
         self.state_type = store.state_type
 
     async def _reading(self) -> DurableStateStore[Any]:
-        if holds_state(self._run):
+        start = self._run.start_task
+        if start is not None and not start.done():
+            # Right after run(): whether this process starts the run or attaches.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(start)
+        if holds_state(self._run) or (start is not None and not start.done()):
             return self._store
         found = functools.partial(recorded_edits, DBOS, self._run.run_id)
         edits, _ = await outside_workflow(found)

@@ -192,10 +192,12 @@ async def test_a_step_added_after_a_run_is_used_by_the_next_run(dbos_app: str) -
         wf = cls(timeout=None, disable_validation=True)
         assert await wf.run(run_id=f"grows-{n}-a") == "entry"
 
-        @step(workflow=cls)
         async def extra(ev: Middle) -> StopEvent:
             return StopEvent(result="extra")
 
+        # A name of its own per test (the classes outlive it: both backends run).
+        extra.__name__ = f"extra_{dbos_app.split(':')[0]}"
+        step(workflow=cls)(extra)
         assert await wf.run(run_id=f"grows-{n}-b", more=True) == "extra"
 
 
@@ -457,11 +459,11 @@ async def test_a_snapshot_taken_while_the_run_waits_attaches_to_it(dbos_app: str
 class Slow(Workflow):
     @step
     async def work(self, ev: StartEvent) -> StopEvent:
-        await RELEASE.wait()
+        await RELEASES[-1].wait()
         return StopEvent(result="worked")
 
 
-RELEASE = asyncio.Event()
+RELEASES: list[asyncio.Event] = []
 DurableSlow = durable(Slow, name="parity.slow")
 
 
@@ -469,11 +471,11 @@ async def test_running_steps_of_a_durable_run(dbos_app: str) -> None:
     """``ctx.running_steps()`` (upstream's, from the run's ticks) lists the step that
     runs, and none once the run ended."""
     for n, cls in enumerate([Slow, DurableSlow]):
-        RELEASE.clear()
+        RELEASES.append(asyncio.Event())  # (one per event loop)
         handler = cls(timeout=None).run(run_id=f"running-steps-{n}")
         await asyncio.sleep(0.3)
         assert await handler.ctx.running_steps() == ["work"], cls
-        RELEASE.set()
+        RELEASES[-1].set()
         assert await handler == "worked"
         assert await handler.ctx.running_steps() == []
 
