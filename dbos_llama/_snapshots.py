@@ -97,11 +97,7 @@ class HandlerStore:
                 await asyncio.shield(start)
         if holds_state(self._run) or (start is not None and not start.done()):
             return self._store
-        found = functools.partial(recorded_edits, DBOS, self._run.run_id)
-        edits, _ = await outside_workflow(found)
-        recorded: DurableStateStore[Any] = DurableStateStore(self.state_type())
-        recorded.apply_edits(edits)
-        return recorded
+        return await _recorded_store(self._run.run_id, self.state_type)
 
     def _writing(self, what: str) -> DurableStateStore[Any]:
         if self._ended() and holds_state(self._run):
@@ -142,13 +138,19 @@ class HandlerStore:
         return handle(self._run, self._store)
 
 
-async def recorded_state(run_id: str, state_type: type[Any]) -> dict[str, Any] | None:
-    """The committed state recorded by run ``run_id`` (seed, then every write), as a
-    state payload; None when it is the state type's default."""
+async def _recorded_store(run_id: str, state_type: type[Any]) -> DurableStateStore[Any]:
+    """A store holding the committed state recorded by run ``run_id`` (its seed, then
+    every write committed so far)."""
     edits, _ = await outside_workflow(functools.partial(recorded_edits, DBOS, run_id))
     recorded: DurableStateStore[Any] = DurableStateStore(state_type())
     recorded.apply_edits(edits)
-    payload = recorded.payload()
+    return recorded
+
+
+async def recorded_state(run_id: str, state_type: type[Any]) -> dict[str, Any] | None:
+    """The committed state recorded by run ``run_id``, as a state payload; None when it
+    is the state type's default."""
+    payload = (await _recorded_store(run_id, state_type)).payload()
     return None if payload == DurableStateStore(state_type()).payload() else payload
 
 

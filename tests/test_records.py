@@ -40,6 +40,8 @@ def test_recorded_names_never_change() -> None:
     # recorded only when there is one, read back as the run's first write.
     assert _naming.SEED_STATE_ARG == "seed_state"
     assert (_naming.SEED_KEY, _naming.SEED_SEQ) == ("seed", -1)
+    # Kept by applications in saved context snapshots (ctx.to_dict()).
+    assert _naming.SNAPSHOT_STORE_TYPE == "dbos_llama"
 
 
 def test_the_run_body_takes_the_seed_under_its_recorded_name() -> None:

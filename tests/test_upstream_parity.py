@@ -23,7 +23,12 @@ from llama_index_instrumentation.span import BaseSpan
 from llama_index_instrumentation.span_handlers import BaseSpanHandler
 from pydantic import BaseModel, Field
 from workflows import Context, Workflow, step
-from workflows.errors import ContextSerdeError, ContextStateError, WorkflowRuntimeError
+from workflows.errors import (
+    ContextSerdeError,
+    ContextStateError,
+    WorkflowCancelledByUser,
+    WorkflowRuntimeError,
+)
 from workflows.events import Event, HumanResponseEvent, StartEvent, StopEvent
 from workflows.plugins.basic import BasicRuntime
 
@@ -566,3 +571,35 @@ def test_a_snapshot_saved_by_a_process_that_is_gone_attaches_to_its_run(
 
     assert asyncio.run(answer()) == "answer=yes"
     assert read_log(log)["step:snap-proc/ask/0"] == 1
+
+
+async def test_the_handlers_store_of_a_run_executing_elsewhere_reads_its_records(
+    tmp_path: Path, dbos_app: str
+) -> None:
+    """A handler attached to a run this process does not execute reads the run's
+    recorded state (its seed here), and refuses writes."""
+    from tests.flows import Approval
+
+    asked = await asyncio.to_thread(
+        run_driver,
+        dbos_app,
+        "approval",
+        "elsewhere",
+        {"customer": "ada"},
+        tmp_path / "log",
+        extra_env={
+            "DBOS_LLAMA_EXIT_ON_INPUT": "1",
+            "DBOS_LLAMA_SEED": json.dumps({"note": "seeded"}),
+            # (Not this process's version: it does not take the run over.)
+            "DBOS_LLAMA_APP_VERSION": "elsewhere",
+        },
+    )
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    handler = Approval(timeout=None).run(run_id="elsewhere")
+    assert await handler.ctx.store.get("note") == "seeded"
+    with pytest.raises(StateWriteOutsideRunError, match="it is running"):
+        await handler.ctx.store.set("note", "changed")
+    async with DurableClient(dbos_app) as client:
+        assert await client.cancel("elsewhere")
+    with pytest.raises(WorkflowCancelledByUser):
+        await handler
