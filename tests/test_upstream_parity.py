@@ -603,3 +603,12 @@ async def test_the_handlers_store_of_a_run_executing_elsewhere_reads_its_records
         assert await client.cancel("elsewhere")
     with pytest.raises(WorkflowCancelledByUser):
         await handler
+    # Its snapshot names the run without state this process does not hold; a
+    # continuation is seeded with the state the run recorded.
+    data = json.loads(json.dumps(handler.ctx.to_dict()))
+    assert data["state"] == {"store_type": "dbos_llama", "run_id": "elsewhere"}
+    counter = DurableCounter(timeout=None)
+    restored: Context = Context.from_dict(counter, {**data, "workers": {}})
+    assert await counter.run(ctx=restored, run_id="after-elsewhere") == 1
+    async with DurableClient(dbos_app) as client:
+        assert await client.get_state("after-elsewhere") == {"note": "seeded", "count": 1}
