@@ -101,6 +101,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
     async def on_tick(self, tick: WorkflowTick) -> None:
         if not isinstance(tick, TickStepResult):
             return
+        self._decisions.collectors.note(tick, self._run.instance)
         for awaited in awaited_event_types(tick.result):
             if awaited not in self._run.awaited_types:
                 self._run.awaited_types.append(awaited)

@@ -8,13 +8,14 @@ from typing import Any
 
 from dbos import DBOS
 from workflows.events import StopEvent
-from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
+from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask, WorkerTask
 from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
 )
 from workflows.runtime.types.ticks import TickCancelRun, TickStepResult
 
 from . import _naming
+from ._collecting import Collectors
 from ._context import outside_workflow
 from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
@@ -57,6 +58,11 @@ class Decisions:
         self._mailbox = mailbox
         # Calls of `next_task` so far: the same sequence in every replay.
         self._waits = 0
+        # Keys of tasks the last recorded choice saw finished besides the one it took:
+        # the next waits take them in this order without a checkpoint of their own.
+        self._then: list[str] = []
+        #: The run's collecting steps (fed by the adapter's `on_tick`).
+        self.collectors = Collectors()
 
     async def next_task(
         self,
@@ -76,6 +82,11 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        if self._then:
+            index = self._recorded_next(named)
+            if index is not None:
+                self._waits += 1
+                return await self._take(index, tasks, pull, started)
         if pull is not None and len(tasks) == 1 and self._idle_here():
             # Only the mailbox is awaited, live: the run is idle, and may be released.
             assert self._run.idle_release is not None
@@ -92,37 +103,87 @@ class Decisions:
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
 
-        async def choose() -> tuple[int | None, float, bool]:
-            # The pull counts as finished once an outside event reached it.
-            arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    [*tasks, arrived], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                arrived.cancel()
-            first = next(
-                (
-                    i
-                    for i, task in enumerate(tasks)
-                    if task in done or (i == pull and arrived in done)
-                ),
-                None,
-            )
+        async def choose() -> tuple[Any, ...]:
+            ready = await self._finished(named, pull, timeout)
+            first = ready[0] if ready else None
             cancel = first is not None and first == pull and _holds_cancel(tasks[first])
-            return Choice(first, self._run.live_clock(), cancel).record()
+            # The others that had finished too are taken next, in priority order:
+            # one checkpoint for tasks that finish together. (A pull holding a
+            # cancel is never recorded.)
+            then = tuple(
+                named[i].key
+                for i in ready[1:]
+                if not cancel and not (i == pull and _holds_cancel(tasks[i]))
+            )
+            return Choice(first, self._run.live_clock(), cancel, then).record()
 
         # One checkpoint records which task finished first (or that the deadline
-        # came) and when; a replay returns the same choice and the same time.
-        index, self._run.clock, cancel = Choice.read(
-            await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose)
-        )
+        # came), when, and which others had finished; a replay returns the same.
+        choice = Choice.read(await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose))
+        index, self._run.clock, self._then = choice.first, choice.clock, list(choice.then)
         if index is None:
             return WaitForNextTaskResult(None, started)
         completed = tasks[index]
-        if cancel and not _holds_cancel(completed):
+        if choice.cancel and not _holds_cancel(completed):
             # A cancel is never replayed: this resumed run waits again from here.
             return WaitForNextTaskResult(None, started)
+        return await self._take(index, tasks, pull, started)
+
+    async def _finished(
+        self, named: list[NamedTask], pull: int | None, timeout: float | None
+    ) -> list[int]:
+        """The indexes of the tasks that have finished, in priority order, once one
+        has (none: the deadline came). The pull counts as finished once an outside
+        event reached it. While a collecting step runs, other steps' results wait
+        (see `_collecting`)."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        workflow = self._run.instance
+        collects = [self.collectors.likely(n, workflow) for n in named]
+        while True:
+            holding = any(c and not n.task.done() for c, n in zip(collects, named, strict=True))
+            eligible = [not holding or collects[i] or i == pull for i in range(len(named))]
+            arrived_now = self._mailbox.arrived.is_set()
+            ready = [
+                i
+                for i, n in enumerate(named)
+                if eligible[i] and (n.task.done() or (i == pull and arrived_now))
+            ]
+            left = None if end is None else end - loop.time()
+            if ready or (left is not None and left <= 0):
+                return ready
+            waiting = [n.task for i, n in enumerate(named) if eligible[i] and not n.task.done()]
+            arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
+            try:
+                await asyncio.wait(
+                    [*waiting, arrived], timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                arrived.cancel()
+
+    def _recorded_next(self, named: list[NamedTask]) -> int | None:
+        """The index of the next task a recorded choice saw finished, if it is still
+        running and may be taken now (else the rest of that choice no longer applies:
+        the run records its next choice)."""
+        key = self._then.pop(0)
+        index = next((i for i, n in enumerate(named) if n.key == key), None)
+        if index is not None and isinstance(named[index], WorkerTask):
+            workflow, known = self._run.instance, self.collectors.known
+            if not known(named[index], workflow) and any(known(n, workflow) for n in named):
+                index = None  # a collecting step is running: it goes first
+        if index is None:
+            self._then.clear()
+        return index
+
+    async def _take(
+        self,
+        index: int,
+        tasks: list[asyncio.Task[Any]],
+        pull: int | None,
+        started: list[NamedTask],
+    ) -> WaitForNextTaskResult:
+        """Take the chosen task once it has finished (a replayed one finishes now)."""
+        completed = tasks[index]
         if index == pull:
             await self._mailbox.settle(completed)
         else:

@@ -106,3 +106,9 @@ def test_fan_out_survives_kill(tmp_path: Path, db_url: str, crash_at: str, repea
     counts = [lines[f"square:{i}"] for i in range(FAN_N)]
     assert all(c >= 1 for c in counts)
     assert sum(c - 1 for c in counts) <= 4
+    # The collector is invoked once per collected event, as in an uninterrupted plain
+    # run; only an invocation in flight at the kill executes again.
+    collects = sorted(w for w in snapshot(db, "fan-1").statuses if w.startswith("fan-1/collect/"))
+    assert len(collects) == FAN_N, collects
+    executions = [lines[f"step:{w}"] for w in collects]
+    assert sum(executions) <= FAN_N + 1, executions

@@ -82,5 +82,12 @@ def test_checkpoint_outputs_are_plain_tuples_of_the_recorded_shape() -> None:
     for record in (choice, wake, write):
         assert b"dbos_llama" not in pickle.dumps(record)
     assert Choice.read((None, 1.0, True)) == Choice(None, 1.0, True)
+    # Tasks that finished together: the others' keys ride along; a choice without
+    # them keeps the three-item shape of runs recorded before they existed.
+    together = Choice(0, 2.0, False, ("work:1", "__pull__:3")).record()
+    assert together == (0, 2.0, False, ["work:1", "__pull__:3"])
+    assert b"dbos_llama" not in pickle.dumps(together)
+    assert Choice.read(together) == Choice(0, 2.0, False, ("work:1", "__pull__:3"))
+    assert Choice.read(choice).then == ()
     assert Wake.read(wake) == Wake(3, "pull", 12.5)
     assert StateWrite.read(write) == StateWrite(4, [{"op": "add", "path": "/x", "value": 1}])

@@ -1,0 +1,77 @@
+"""Which steps of a run collect events (``ctx.collect_events``), for the decision engine.
+
+Upstream re-runs a collecting invocation whose buffer grew while it ran (another
+invocation of the step added an event), so a collector dispatched while another one
+is in flight runs twice for one event. A plain run's collector rarely overlaps (it
+returns within one turn of the event loop); a durable one takes a child workflow's
+time. While a collecting step runs, the decision engine takes only collecting steps
+and the mailbox, so each collector is dispatched with an up-to-date buffer and runs
+once per collected event.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from typing import Any
+
+from workflows.runtime.types.named_task import NamedTask, WorkerTask
+from workflows.runtime.types.results import AddCollectedEvent, DeleteCollectedEvent
+from workflows.runtime.types.ticks import TickStepResult
+
+#: Collecting steps seen in this process, per workflow class: a hint for the first
+#: collector of a later run (only recorded choices use hints).
+_learned: weakref.WeakKeyDictionary[type, set[str]] = weakref.WeakKeyDictionary()
+_source_hints: dict[tuple[type, str], bool] = {}
+
+
+def _calls_collect_events(cls: type, step: str) -> bool:
+    """Whether the step's source calls ``collect_events`` (False when unknown)."""
+    key = (cls, step)
+    if key not in _source_hints:
+        function = getattr(cls, step, None)
+        try:
+            source = inspect.getsource(function) if callable(function) else ""
+        except (OSError, TypeError):
+            source = ""
+        _source_hints[key] = "collect_events" in source
+    return _source_hints[key]
+
+
+class Collectors:
+    """The collecting steps of one run's execution.
+
+    ``seen`` comes from the step results the control loop has processed, in the same
+    order in every replay; with the step's source it makes ``known``, which unrecorded
+    decisions use. Recorded decisions also use what earlier runs of the class in this
+    process showed (``likely``).
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._cls: type | None = None
+
+    def note(self, tick: TickStepResult, workflow: Any) -> None:
+        """Learn from a step result the control loop processed."""
+        if any(isinstance(r, (AddCollectedEvent, DeleteCollectedEvent)) for r in tick.result):
+            step = str(tick.step_id)
+            self.seen.add(step)
+            self._cls = type(workflow)
+            _learned.setdefault(self._cls, set()).add(step)
+
+    def known(self, named: NamedTask, workflow: Any) -> bool:
+        """Whether ``named`` is a worker of a step seen collecting in this run, or
+        whose source calls ``collect_events``: the same answer in every replay (a
+        replay runs the same code version)."""
+        if not isinstance(named, WorkerTask):
+            return False
+        step = str(named.step_id)
+        return step in self.seen or (
+            not named.step_id.namespace and _calls_collect_events(type(workflow), step)
+        )
+
+    def likely(self, named: NamedTask, workflow: Any) -> bool:
+        """``known``, or the step collected in an earlier run of the class here."""
+        return self.known(named, workflow) or (
+            isinstance(named, WorkerTask) and str(named.step_id) in _learned.get(type(workflow), ())
+        )
