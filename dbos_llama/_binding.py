@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
 
-from ._bodies import make_run_body, make_step_body, make_step_caller
+from ._bodies import DECISION_RULES, make_run_body, make_step_body, make_step_caller
 
 logger = logging.getLogger("dbos_llama")
 
@@ -210,13 +210,18 @@ class Binding:
             await self._check_queue()
             with SetWorkflowID(run_id), attributes:
                 handle = await DBOS.enqueue_workflow_async(
-                    self.queue, self.run_function, start_event, self.version, time.time()
+                    self.queue,
+                    self.run_function,
+                    start_event,
+                    self.version,
+                    time.time(),
+                    DECISION_RULES,
                 )
             return handle
         run_state(run_id).mark_starting()  # before its body can start
         with SetWorkflowID(run_id), attributes:
             return await DBOS.start_workflow_async(
-                self.run_function, start_event, self.version, time.time()
+                self.run_function, start_event, self.version, time.time(), DECISION_RULES
             )
 
     def _check_same_input(self, run_id: str, recorded: Any, start_event: StartEvent) -> None:

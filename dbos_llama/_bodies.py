@@ -23,7 +23,7 @@ from workflows.runtime.types.results import (
 )
 
 from . import _registry
-from ._adapters import cancel_run_by_id
+from ._adapters import cancel_run_by_id, end_sends
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
 from ._records import CANCELLED, step_rows
@@ -44,13 +44,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbos_llama")
 
 
+#: The decision rules a new run records with its input (runs recorded before it existed
+#: replay with 1): 2 lets a collecting step race the mailbox alone (`_decisions`).
+DECISION_RULES = 2
+
+
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
     """The DBOS workflow body of a run of ``binding``'s class."""
 
-    async def run_body(start_event: StartEvent, version: str, started_at: float) -> StopEvent:
+    async def run_body(
+        start_event: StartEvent, version: str, started_at: float, rules: int = 1
+    ) -> StopEvent:
         run_id = DBOS.workflow_id
         assert run_id is not None
         run = run_state(run_id)
+        run.rules = rules
         task = lease.track(run.generation, run_id)
         generation_token = generation_var.set(run.generation)
         live = run.begin_body()  # its state stays in this process's table
@@ -212,8 +220,11 @@ async def _execute_step(
         if invocation.deferred_error is not None:
             failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
             outputs = [failed]
-        outputs = _failures_on_run_clock(run, outputs)
+        outputs = _storable_outputs(step_name, _failures_on_run_clock(run, outputs))
+        await end_sends(run_id, invocation, outputs)
     finally:
+        if invocation.flush_timer is not None:  # (it did not return: it runs again)
+            invocation.flush_timer.cancel()
         invocation_var.reset(inv_token)
         run_id_var.reset(run_token)
         run.local_steps -= 1
@@ -221,7 +232,7 @@ async def _execute_step(
             # A step recovered here while its run executes elsewhere.
             forget_run(run_id, run)
     return StepOutcome(
-        _storable_outputs(step_name, outputs),
+        outputs,
         invocation.stream,
         invocation.state,
         run.clock_if_live(),

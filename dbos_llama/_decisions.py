@@ -82,6 +82,10 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        if pull is not None and self._mailbox.holds_carried(tasks[pull]):
+            # An event a step's result carried, taken at the pull's start: first.
+            self._waits += 1
+            return WaitForNextTaskResult(tasks[pull], started)
         if self._then:
             index = self._recorded_next(named)
             if index is not None:
@@ -102,6 +106,14 @@ class Decisions:
             return WaitForNextTaskResult(tasks[0], started)
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
+        collector = self._only_collector(named, pull) if self._run.rules >= 2 else None
+        if collector is not None and pull is not None:
+            # A collecting step runs: the others' results wait for it, so it races
+            # the mailbox alone, checkpointed only if the mailbox comes first.
+            taken = await self._one_step(number, tasks[collector], tasks[pull], timeout, started)
+            if taken.completed is tasks[collector]:
+                await self._let_siblings_finish_recording(tasks[collector], tasks)
+            return taken
 
         async def choose() -> tuple[Any, ...]:
             ready = await self._finished(named, pull, timeout)
@@ -140,8 +152,9 @@ class Decisions:
         end = None if timeout is None else loop.time() + timeout
         workflow = self._run.instance
         collects = [self.collectors.likely(n, workflow) for n in named]
+        # A finished collector not taken yet holds the others too: it goes first.
+        holding = any(collects)
         while True:
-            holding = any(c and not n.task.done() for c, n in zip(collects, named, strict=True))
             eligible = [not holding or collects[i] or i == pull for i in range(len(named))]
             arrived_now = self._mailbox.arrived.is_set()
             ready = [
@@ -160,6 +173,13 @@ class Decisions:
                 )
             finally:
                 arrived.cancel()
+
+    def _only_collector(self, named: list[NamedTask], pull: int | None) -> int | None:
+        """The index of the one worker of a known collecting step among the running
+        tasks, beside the pull (None if there is no such single worker)."""
+        workflow = self._run.instance
+        found = [i for i, n in enumerate(named) if self.collectors.known(n, workflow)]
+        return found[0] if len(found) == 1 and pull is not None else None
 
     def _recorded_next(self, named: list[NamedTask]) -> int | None:
         """The index of the next task a recorded choice saw finished, if it is still

@@ -113,6 +113,16 @@ def send_idempotency_key(invocation_id: str, number: int) -> str:
     return f"{invocation_id}/send/{number}"
 
 
+#: The key of the message that wakes a run's mailbox for the events a step's result
+#: carried (`_mailbox`): ``{CARRIED_KEY: <upstream invocation ID of that result>}``.
+CARRIED_KEY = "dbos_llama.carried"
+
+
+def carried_idempotency_key(run_id: str, result_invocation: str) -> str:
+    """Idempotency key of the wake-up message for one step result's carried events."""
+    return f"{run_id}/carried/{result_invocation}"
+
+
 #: The library's own tables live in the DBOS system database: in schema
 #: ``dbos_llama`` on PostgreSQL, prefixed ``dbos_llama_`` on SQLite (`_sysdb`).
 TABLE_SCHEMA = "dbos_llama"
