@@ -84,6 +84,10 @@ class DBOSInternalAdapter(InternalRunAdapter):
     def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:
         if not isinstance(event, InternalDispatchEvent):
             ensure_serializable(event, f"Event {type(event).__name__} written to the stream")
+        if self._run.stopping and not isinstance(event, StopEvent):
+            # A step returned the run's result: a sibling step still running writes
+            # nothing more (upstream cancels it as soon as it takes that result).
+            return _done()
         self._run.publish(event)
         if isinstance(event, InternalDispatchEvent):
             # Step state changes are for live observers only: not worth a row each.
@@ -249,6 +253,9 @@ class DBOSExternalAdapter(ExternalRunAdapter):
 
     async def send_event(self, tick: WorkflowTick) -> None:
         run_id = self._run.run_id
+        if self._run.start_task is not None:
+            # Sent right after run(): the run's DBOS workflow exists once started.
+            await asyncio.shield(self._run.start_task)
         outbox = local_outbox()
         if isinstance(tick, TickAddEvent) and outbox is not None:
             # From outside the run: carried as JSON, never as a pickle; the send and

@@ -217,6 +217,8 @@ async def _execute_step(
             retry=retry,
         )
         run.finished_bodies.add(invocation_id)
+        if any(isinstance(getattr(o, "result", None), StopEvent) for o in outputs):
+            run.stopping = True
         if invocation.deferred_error is not None:
             failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
             outputs = [failed]
@@ -396,6 +398,8 @@ async def _was_cancelled(run_id: str, error: BaseException) -> bool:
 
 async def _cancel_outside_workflow(invocation_ids: list[str]) -> None:
     # Step invocations the control loop abandoned (e.g. siblings of the step that
-    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them.
+    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them
+    # (an ending of theirs that DBOS reports as an error is a normal one here).
+    _registry.cancelled_runs.update(invocation_ids)
     for invocation_id in invocation_ids:
         await outside_workflow(functools.partial(DBOS.cancel_workflow, invocation_id))

@@ -152,6 +152,8 @@ class RunState:
     last_recorded_decision: int = 0
     # The run's recorded decision rules (an input of its DBOS workflow; see `_bodies`).
     rules: int = 1
+    # Set when a step's code here returned the StopEvent: the stream takes no more.
+    stopping: bool = False
 
     @property
     def executing(self) -> bool:
