@@ -247,7 +247,11 @@ async def _load(run_id: str) -> RunTrace | None:
     created_ns = (status.created_at or 0) * 1_000_000
     trace = RunTrace.from_record((status.attributes or {}).get(_naming.TRACE_ATTR))
     if trace is None:
-        trace = RunTrace(_random_id(128), _random_id(64), None, created_ns)
+        # Derived from the run, so that processes (and a step recovered beside its
+        # run) that take it up at once agree without a lock.
+        digest = hashlib.sha256(f"dbos_llama/{run_id}/{status.created_at}".encode()).digest()
+        ids = int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:24], "big") or 1
+        trace = RunTrace(*ids, None, created_ns)
         update = functools.partial(
             DBOS.update_workflow_attributes,
             run_id,
