@@ -196,7 +196,9 @@ def _emit(
     span = tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes)
     for event, event_attributes, at in events or []:
         span.add_event(event, event_attributes, timestamp=at)
-    if error is not None:
+    if error is None:
+        span.set_status(api.Status(api.StatusCode.OK))
+    else:
         span.set_status(api.Status(api.StatusCode.ERROR, error))
     span.end(end_time=max(end_ns, start_ns))
 
