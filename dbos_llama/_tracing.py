@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from dbos import DBOS
 from dbos import error as dbos_error
+from llama_index_instrumentation.span import active_span_id
 
 from . import _naming, _registry
 from ._context import outside_workflow
@@ -413,6 +414,10 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
             _emit(f"step {step}", *ids, start_ns, time.time_ns(), attributes, events, error)
 
         token = _step_var.set(_StepTrace(trace, span_id, invocation_id))
+        # LlamaIndex's span of the step: under the invocation's span, not under its
+        # span of the run in this process (which a crash would lose, leaving the
+        # exported step spans of the dead process without their parent).
+        llama_token = active_span_id.set(None)
         try:
             with _current(trace.trace_id, span_id):
                 result = await body(*args, **kwargs)
@@ -421,6 +426,7 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
                 end(repr(error))
             raise
         finally:
+            active_span_id.reset(llama_token)
             _step_var.reset(token)
         end(_step_failure(result))
         return result

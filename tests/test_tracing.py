@@ -288,3 +288,32 @@ def test_untraced_runs_need_no_opentelemetry(tmp_path: Path, sqlite_url: str) ->
     assert proc.returncode == 0, proc.stderr
     assert 'RESULT "<one:a><two-a><two-b><three>"' in proc.stdout
     assert "NO-OTEL-OK" in proc.stdout
+
+
+def test_llama_index_instrumentation_spans_join_the_tree(tmp_path: Path, sqlite_url: str) -> None:
+    """LlamaIndex's own spans (as OpenTelemetry spans by Arize's OpenInference
+    instrumentor) are in the run's trace, each step's under its invocation's span,
+    across a kill: no exported span lost its parent with the dead process."""
+    pytest.importorskip("openinference.instrumentation.llama_index")
+    oi = {"DBOS_LLAMA_OPENINFERENCE": "1"}
+    first = traced(
+        sqlite_url,
+        "chain3",
+        "order-1",
+        {"x": "a"},
+        tmp_path,
+        DBOS_LLAMA_CRASH_AT="two:between",
+        **oi,
+    )
+    assert first.returncode == 137, first.stderr
+    second = traced(sqlite_url, "chain3", "order-1", {"x": "a"}, tmp_path, **oi)
+    assert second.result == "<one:a><two-a><two-b><three>", second.stderr
+    spans = read_spans(tmp_path / "spans.jsonl")
+    assert_one_tree(spans)
+    by_id = {s.span_id: s for s in spans}
+    llama_steps = [s for s in spans if s.name in {"Chain3.one", "Chain3.two", "Chain3.three"}]
+    assert sorted(s.name for s in llama_steps) == ["Chain3.one", "Chain3.three", "Chain3.two"]
+    for span in llama_steps:
+        parent = by_id[span.parent_id]
+        assert parent.name == f"step {span.name.split('.')[1]}" and not parent.replayed
+    assert {s.process for s in llama_steps} == {s.process for s in spans}  # both processes

@@ -31,6 +31,11 @@ def install_provider(path: str) -> None:
         SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=_one_line))
     )
     trace.set_tracer_provider(provider)
+    if os.environ.get("DBOS_LLAMA_OPENINFERENCE"):
+        # LlamaIndex's instrumentation as OpenTelemetry spans (Arize's instrumentor).
+        from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
+
+        LlamaIndexInstrumentor().instrument(tracer_provider=provider)
 
 
 if __name__ == "__main__":
