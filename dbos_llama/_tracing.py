@@ -20,7 +20,7 @@ from dbos import DBOS
 from dbos import error as dbos_error
 from llama_index_instrumentation.span import active_span_id
 
-from . import _naming, _registry
+from . import _naming, _registry, _upstream
 from ._context import outside_workflow
 
 T = TypeVar("T")
@@ -93,8 +93,8 @@ class RunTrace:
 _on = False
 _tracer: Any = None
 _runs: dict[str, RunTrace] = {}
-#: Step invocations whose body began in this process (their spans are theirs).
-_executed: set[str] = set()
+#: Runs started by this process whose body has not begun yet (nothing recorded).
+_fresh: set[str] = set()
 
 
 @dataclass
@@ -224,6 +224,7 @@ def start_attributes(run_id: str) -> dict[str, Any]:
     )
     trace = RunTrace(trace_id, _random_id(64), parent, time.time_ns())
     _remember(run_id, trace)
+    _fresh.add(run_id)
     return {_naming.TRACE_ATTR: trace.record()}
 
 
@@ -280,13 +281,24 @@ def _ends_here(error: BaseException, run_id: str) -> bool:
     return isinstance(error, Exception)
 
 
-def _recovered_event(attempt: int) -> tuple[str, dict[str, Any], int]:
+async def _recorded_results(run_id: str) -> set[str]:
+    """The step invocations whose result the run's record holds (DBOS's
+    ``getResult`` of a child): a replay takes them from the record."""
+    steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, run_id))
+    return {
+        str(row["child_workflow_id"])
+        for row in steps
+        if row["function_name"] == _upstream.GET_RESULT_STEP and row["child_workflow_id"]
+    }
+
+
+def _recovered_event(attempt: int, at: int = 0) -> tuple[str, dict[str, Any], int]:
     attributes = {
         ATTEMPT: attempt,
         "dbos_llama.executor_id": DBOS.executor_id,
         "process.pid": os.getpid(),
     }
-    return (RECOVERED_EVENT, attributes, time.time_ns())
+    return (RECOVERED_EVENT, attributes, at or time.time_ns())
 
 
 def traced_run_body(
@@ -303,6 +315,11 @@ def traced_run_body(
         trace = await _load(run_id) if run_id is not None else None
         if trace is None or run_id is None:
             return await body(*args, **kwargs)
+        if run_id in _fresh:  # its first execution, in the process that started it
+            _fresh.discard(run_id)
+            _received[run_id] = set()
+        else:
+            _received[run_id] = await _recorded_results(run_id)
         events = []
         if trace.attempt > 1:
             event = _recovered_event(trace.attempt)
@@ -334,6 +351,8 @@ def traced_run_body(
                     cancelled = isinstance(error, dbos_error.DBOSWorkflowCancelledError)
                     end("cancelled" if cancelled else "error", None if cancelled else repr(error))
                 raise
+            finally:
+                _received.pop(run_id, None)
         end("success")
         return result
 
@@ -341,11 +360,31 @@ def traced_run_body(
 
 
 # -- step invocations ---------------------------------------------------------------------
+@dataclass
+class _Execution:
+    """What a step invocation's body did in this process, for its span."""
+
+    start_ns: int
+    attempt: int
+    end_ns: int = 0
+    error: str | None = None
+
+
+#: Step invocations whose body ran in this process, until the run takes their result.
+_executed: dict[str, _Execution] = {}
+#: Per run executing here: the step invocations whose result its record holds
+#: (DBOS's ``getResult`` rows): taken from the record, not live.
+_received: dict[str, set[str]] = {}
+
+
 @contextlib.contextmanager
 def step_call(run_id: str, invocation_id: str, step: str) -> Iterator[None]:
     """Around the run's call of a step invocation (its child DBOS workflow): DBOS's
     span of the child (now and on its recovery) is a child of the invocation's span.
-    A result taken from the record gets a marker span without duration."""
+
+    The invocation's span is exported here, when the run takes its result live:
+    exactly once across processes (a result the run's record already holds was
+    taken before a crash: a marker span without duration instead)."""
     trace = _runs.get(run_id) if _on else None
     if trace is None:
         yield
@@ -353,18 +392,49 @@ def step_call(run_id: str, invocation_id: str, step: str) -> Iterator[None]:
     from dbos import PropagateOtelContext
 
     span_id = trace.child_id(invocation_id)
-    with (
-        _current(trace.trace_id, span_id),
-        PropagateOtelContext(_otel_context(trace.trace_id, span_id)),
-    ):
-        yield
-    if invocation_id in _executed:
-        _executed.discard(invocation_id)
-        return
-    now = time.time_ns()
     attributes = _step_attributes(run_id, invocation_id, step)
-    attributes[REPLAYED] = True
-    _emit(f"step {step}", trace.trace_id, _random_id(64), trace.span_id, now, now, attributes)
+    try:
+        with (
+            _current(trace.trace_id, span_id),
+            PropagateOtelContext(_otel_context(trace.trace_id, span_id)),
+        ):
+            yield
+    except BaseException as error:
+        execution = _executed.pop(invocation_id, None)
+        if execution is not None and _ends_here(error, run_id):
+            execution.error = execution.error or repr(error)
+            _emit_invocation(trace, span_id, step, attributes, execution)
+        raise
+    execution = _executed.pop(invocation_id, None)
+    now = time.time_ns()
+    if invocation_id in _received.get(run_id, ()):
+        attributes[REPLAYED] = True
+        _emit(f"step {step}", trace.trace_id, _random_id(64), trace.span_id, now, now, attributes)
+        return
+    if execution is None:  # its body ran in another process
+        attributes["dbos_llama.executed_elsewhere"] = True
+        execution = _Execution(now, 0, now)
+    _emit_invocation(trace, span_id, step, attributes, execution)
+
+
+def _emit_invocation(
+    trace: RunTrace, span_id: int, step: str, attributes: dict[str, Any], execution: _Execution
+) -> None:
+    if execution.attempt:
+        attributes[ATTEMPT] = execution.attempt
+    events = [_recovered_event(execution.attempt, execution.start_ns)]
+    end_ns = execution.end_ns or time.time_ns()
+    _emit(
+        f"step {step}",
+        trace.trace_id,
+        span_id,
+        trace.span_id,
+        execution.start_ns,
+        end_ns,
+        attributes,
+        events if execution.attempt > 1 else None,
+        execution.error,
+    )
 
 
 def _step_attributes(run_id: str, invocation_id: str, step: str) -> dict[str, Any]:
@@ -381,8 +451,8 @@ def _step_attributes(run_id: str, invocation_id: str, step: str) -> dict[str, An
 
 def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """A step invocation's DBOS workflow body, tracing it when tracing is on: the
-    invocation's span (its ID the same in every process) is current while it runs,
-    and exported by the execution that completes the invocation."""
+    invocation's span (its ID the same in every process) is current while it runs;
+    the run's side exports it (`step_call`)."""
     signature = inspect.signature(body)
 
     @functools.wraps(body)
@@ -390,29 +460,21 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
         invocation_id = DBOS.workflow_id
         if not enabled() or invocation_id is None:
             return await body(*args, **kwargs)
-        bound = signature.bind(*args, **kwargs).arguments
-        run_id, step = str(bound["run_id"]), str(bound["step_name"])
+        run_id = str(signature.bind(*args, **kwargs).arguments["run_id"])
         start_ns = time.time_ns()
         trace = await _load(run_id)
         status = await outside_workflow(functools.partial(DBOS.get_workflow_status, invocation_id))
         if trace is None:
             return await body(*args, **kwargs)
-        if len(_executed) >= _CACHE_LIMIT:
-            _executed.clear()
-        _executed.add(invocation_id)
         attempt = (status.recovery_attempts if status is not None else None) or 1
         if attempt > 1 and status is not None and status.created_at:
             # From the invocation's creation (the database's resolution may be
             # seconds: not before the run's start).
             start_ns = max(status.created_at * 1_000_000, trace.start_ns)
+        if len(_executed) >= _CACHE_LIMIT:
+            _executed.clear()
+        execution = _executed[invocation_id] = _Execution(start_ns, attempt)
         span_id = trace.child_id(invocation_id)
-        attributes = {**_step_attributes(run_id, invocation_id, step), ATTEMPT: attempt}
-        events = [_recovered_event(attempt)] if attempt > 1 else []
-
-        def end(error: str | None = None) -> None:
-            ids = (trace.trace_id, span_id, trace.span_id)
-            _emit(f"step {step}", *ids, start_ns, time.time_ns(), attributes, events, error)
-
         token = _step_var.set(_StepTrace(trace, span_id, invocation_id))
         # LlamaIndex's span of the step: under the invocation's span, not under its
         # span of the run in this process (which a crash would lose, leaving the
@@ -422,13 +484,13 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
             with _current(trace.trace_id, span_id):
                 result = await body(*args, **kwargs)
         except BaseException as error:
-            if _ends_here(error, run_id):
-                end(repr(error))
+            execution.error = repr(error)
             raise
         finally:
+            execution.end_ns = time.time_ns()
             active_span_id.reset(llama_token)
             _step_var.reset(token)
-        end(_step_failure(result))
+        execution.error = _step_failure(result)
         return result
 
     return traced

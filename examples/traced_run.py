@@ -46,7 +46,7 @@ async def app(db_url: str) -> None:
         config={
             "name": "orders-app",
             "system_database_url": db_url,
-            "log_level": "WARNING",
+            "log_level": "ERROR",  # (enable_otlp warns that no OTel logger is set)
             "enable_otlp": True,  # DBOS's own spans, to the provider above
         }
     )

@@ -264,3 +264,28 @@ def test_llama_instrumentation_parent_is_a_context_variable() -> None:
     from workflows.runtime.types import step_function
 
     assert step_function.active_span_id is active_span_id
+
+
+async def test_a_child_workflows_result_is_recorded_as_get_result(tmp_path) -> None:
+    """`_tracing` tells a step result taken before a crash by the parent's
+    ``GET_RESULT_STEP`` row for the child."""
+
+    @DBOS.workflow(name="seam-child")
+    async def child() -> int:
+        return 7
+
+    @DBOS.workflow(name="seam-parent")
+    async def parent() -> int:
+        with SetWorkflowID("seam-parent/child"):
+            return await child()
+
+    DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    DBOS.launch()
+    try:
+        with SetWorkflowID("seam-parent"):
+            assert await parent() == 7
+        steps = await DBOS.list_workflow_steps_async("seam-parent")
+    finally:
+        DBOS.destroy()
+    rows = [(s["function_name"], s["child_workflow_id"]) for s in steps]
+    assert (up.GET_RESULT_STEP, "seam-parent/child") in rows
