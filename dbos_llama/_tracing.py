@@ -377,8 +377,7 @@ _executed: dict[str, _Execution] = {}
 _received: dict[str, set[str]] = {}
 
 
-@contextlib.contextmanager
-def step_call(run_id: str, invocation_id: str, step: str) -> Iterator[None]:
+def step_call(run_id: str, invocation_id: str, step: str) -> contextlib.AbstractContextManager[Any]:
     """Around the run's call of a step invocation (its child DBOS workflow): DBOS's
     span of the child (now and on its recovery) is a child of the invocation's span.
 
@@ -387,8 +386,12 @@ def step_call(run_id: str, invocation_id: str, step: str) -> Iterator[None]:
     taken before a crash: a marker span without duration instead)."""
     trace = _runs.get(run_id) if _on else None
     if trace is None:
-        yield
-        return
+        return _OFF_SCOPE
+    return _step_call(trace, run_id, invocation_id, step)
+
+
+@contextlib.contextmanager
+def _step_call(trace: RunTrace, run_id: str, invocation_id: str, step: str) -> Iterator[None]:
     from dbos import PropagateOtelContext
 
     span_id = trace.child_id(invocation_id)
@@ -538,14 +541,30 @@ class Call:
 _OFF = Call("")
 
 
-@contextlib.contextmanager
-def call(name: str) -> Iterator[Call]:
+class _Off:
+    """The scope of a hook while tracing is off: nothing to do, nothing allocated."""
+
+    def __enter__(self) -> Call:
+        return _OFF
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF_SCOPE = _Off()
+
+
+def call(name: str) -> contextlib.AbstractContextManager[Call]:
     """Around one durable call of a step: its span, a child of the step invocation's
     (a replayed result gets one without duration, marked replayed)."""
     step = _step_var.get() if _on else None
     if step is None:
-        yield _OFF
-        return
+        return _OFF_SCOPE
+    return _call(name, step)
+
+
+@contextlib.contextmanager
+def _call(name: str, step: _StepTrace) -> Iterator[Call]:
     current = Call(name, step, _random_id(64))
     trace_id = step.run.trace_id
     try:
