@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast, overload
 import wrapt
 from dbos import DBOS, StepOptions
 
-from . import _naming, _tracing
+from . import _naming, _trace_calls
 from ._context import invocation_var
 from ._lease import lease
 from ._serialization import ensure_serializable
@@ -149,7 +149,7 @@ async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     """Run ``fn`` as a DBOS step of the running invocation; in a step re-run after
     ``ctx.wait_for_event``, return (and record) the earlier run's result instead."""
     hit, value = _replayed(options["name"])
-    with _tracing.call(options["name"]) as traced:
+    with _trace_calls.call(options["name"]) as traced:
         if hit:
             return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
         generation = _generation()
@@ -172,12 +172,12 @@ def _generation() -> int:
 
 
 def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
-    with _tracing.call(options["name"]) as traced:
+    with _trace_calls.call(options["name"]) as traced:
         return _run_sync_step_traced(options, fn, traced)
 
 
 def _run_sync_step_traced(
-    options: dict[str, Any], fn: Callable[[], Any], traced: _tracing.Call
+    options: dict[str, Any], fn: Callable[[], Any], traced: _trace_calls.Call
 ) -> Any:
     hit, value = _replayed(options["name"])
     if hit:

@@ -33,7 +33,7 @@ from dbos import DBOSClient, SendMessage, WorkflowSerializationFormat, WorkflowS
 from dbos import error as dbos_error
 from workflows.events import Event, HumanResponseEvent
 
-from . import _naming, _registry, _tracing, _upstream
+from . import _naming, _registry, _trace_calls, _upstream
 from ._records import CANCELLED, TERMINAL
 from ._release import RELEASED_STATES, Releases
 from .errors import EventNotAcceptedError, RunFinishedError, RunNotFoundError
@@ -155,7 +155,7 @@ class Outbox:
             raise
         for row in claimed:
             self._releases.resume_claimed(str(row["run_id"]), row["queue_name"])
-        _tracing.sent(ids, start_ns, self._status)
+        _trace_calls.sent(ids, start_ns, self._status)
         return [str(row["run_id"]) for row in claimed]
 
     def _status(self, run_id: str) -> WorkflowStatus:

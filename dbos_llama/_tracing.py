@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import functools
 import hashlib
 import inspect
 import os
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dbos import DBOS
@@ -22,190 +19,39 @@ from llama_index_instrumentation.span import active_span_id
 
 from . import _naming, _registry, _upstream
 from ._context import outside_workflow
+from ._otel import (
+    ATTEMPT,
+    CACHE_LIMIT,
+    INVOCATION,
+    INVOCATION_ID,
+    OI_KIND,
+    OUTCOME,
+    RECOVERED_EVENT,
+    REPLAYED,
+    RUN_ID,
+    STEP,
+    WORKFLOW,
+    RunTrace,
+    StepTrace,
+    context_of,
+    current,
+    emit,
+    enabled,
+    random_id,
+    step_var,
+)
+from ._otel import on as _tracing_on
 
 T = TypeVar("T")
 
-#: The instrumentation scope of dbos_llama's spans.
-TRACER_NAME = "dbos_llama"
-#: Span attributes (also read by tests and the README).
-RUN_ID = "dbos_llama.run_id"
-WORKFLOW = "dbos_llama.workflow"
-STEP = "dbos_llama.step"
-INVOCATION = "dbos_llama.invocation"
-INVOCATION_ID = "dbos_llama.invocation_id"
-ATTEMPT = "dbos_llama.attempt"
-REPLAYED = "dbos_llama.replayed"
-CALL = "dbos_llama.call"
-CALL_KIND = "dbos_llama.call.kind"
-OUTCOME = "dbos_llama.outcome"
-#: The span event of an execution that resumed a run (or a step invocation).
-RECOVERED_EVENT = "dbos_llama.recovered"
-#: OpenInference's span kind, which Arize Phoenix shows.
-_OI_KIND = "openinference.span.kind"
-#: At most this many runs' trace contexts are kept per process.
-_CACHE_LIMIT = 4096
-
-
-def _random_id(bits: int) -> int:
-    """A random nonzero ID (not `random`: applications seed it)."""
-    return int.from_bytes(os.urandom(bits // 8), "big") or 1
-
-
-@dataclass(frozen=True)
-class RunTrace:
-    """A run's trace: its ID, the run's own span, and the caller's span it joined."""
-
-    trace_id: int
-    span_id: int
-    parent_id: int | None = None
-    #: Wall-clock start of the run (ns); 0 when not known.
-    start_ns: int = 0
-    #: The execution number of the run in this process (DBOS's recovery attempts).
-    attempt: int = 1
-
-    def child_id(self, key: str) -> int:
-        """The span ID of the run's step invocation ``key``: the same in every process."""
-        digest = hashlib.sha256(f"{self.trace_id:032x}/{key}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") or 1
-
-    def record(self) -> dict[str, str]:
-        """The recorded form (W3C trace context, no baggage)."""
-        parent = f"{self.parent_id:016x}" if self.parent_id else ""
-        traceparent = f"00-{self.trace_id:032x}-{self.span_id:016x}-01"
-        return {"traceparent": traceparent, "parent": parent, "start": str(self.start_ns)}
-
-    @classmethod
-    def from_record(cls, value: Any) -> RunTrace | None:
-        """The trace of a recorded attribute; None for anything unreadable."""
-        try:
-            _version, trace, span, _flags = str(value["traceparent"]).split("-")
-            parent = str(value.get("parent") or "")
-            trace_id, span_id = int(trace, 16), int(span, 16)
-            parent_id = int(parent, 16) if parent else None
-            start_ns = int(value.get("start") or 0)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
-        if not trace_id or not span_id or len(trace) != 32 or len(span) != 16:
-            return None
-        return cls(trace_id, span_id, parent_id, start_ns)
-
-
-_on = False
-_tracer: Any = None
 _runs: dict[str, RunTrace] = {}
+_NULL = contextlib.nullcontext()
 #: Runs started by this process whose body has not begun yet (nothing recorded).
 _fresh: set[str] = set()
 
 
-@dataclass
-class _StepTrace:
-    run: RunTrace
-    span_id: int
-    invocation_id: str
-
-
-_step_var: ContextVar[_StepTrace | None] = ContextVar("dbos_llama_step_trace", default=None)
-
-
-def enabled() -> bool:
-    """Whether the application set an OpenTelemetry SDK `TracerProvider` (checked
-    without importing OpenTelemetry: off costs a dictionary look-up)."""
-    global _on, _tracer
-    if _on:
-        return True
-    api = sys.modules.get("opentelemetry.trace")
-    if api is None:
-        return False
-    provider = api.get_tracer_provider()
-    # The SDK's provider (DBOS's enable_otlp sets one); its tracers take a
-    # public id_generator, which lets every process emit the run's own spans.
-    if getattr(provider, "id_generator", None) is None:
-        return False
-    tracer = provider.get_tracer(TRACER_NAME)
-    if getattr(tracer, "id_generator", None) is None:
-        return False
-    _tracer, _on = tracer, True
-    return True
-
-
-class _FixedIds:
-    """An OpenTelemetry SDK id generator handing out one known span (and trace) ID."""
-
-    def __init__(self, trace_id: int, span_id: int) -> None:
-        self.trace_id, self.span_id = trace_id, span_id
-
-    def generate_span_id(self) -> int:
-        return self.span_id
-
-    def generate_trace_id(self) -> int:
-        return self.trace_id
-
-    def is_trace_id_random(self) -> bool:
-        return True
-
-
-def _span_context(trace_id: int, span_id: int, remote: bool = False) -> Any:
-    from opentelemetry import trace as api
-
-    sampled = api.TraceFlags(api.TraceFlags.SAMPLED)
-    return api.SpanContext(trace_id, span_id, is_remote=remote, trace_flags=sampled)
-
-
-def _otel_context(trace_id: int, span_id: int) -> Any:
-    """An OpenTelemetry context whose current span is (trace_id, span_id)."""
-    from opentelemetry import trace as api
-
-    return api.set_span_in_context(api.NonRecordingSpan(_span_context(trace_id, span_id)))
-
-
-@contextlib.contextmanager
-def _current(trace_id: int, span_id: int) -> Iterator[None]:
-    """Make the span (trace_id, span_id) current: spans begun meanwhile (DBOS's,
-    LlamaIndex instrumentation's, the application's) are its children."""
-    from opentelemetry import context as otel_context
-
-    token = otel_context.attach(_otel_context(trace_id, span_id))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
-def _emit(
-    name: str,
-    trace_id: int,
-    span_id: int,
-    parent_id: int | None,
-    start_ns: int,
-    end_ns: int,
-    attributes: dict[str, Any],
-    events: list[tuple[str, dict[str, Any], int]] | None = None,
-    error: str | None = None,
-) -> None:
-    """Export one finished span with a known ID (any process can emit a run's span
-    or a step invocation's, whose ID its children already carry)."""
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace as api
-
-    tracer = copy.copy(_tracer)
-    tracer.id_generator = _FixedIds(trace_id, span_id)
-    parent = (
-        otel_context.Context()
-        if parent_id is None
-        else api.set_span_in_context(api.NonRecordingSpan(_span_context(trace_id, parent_id, True)))
-    )
-    span = tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes)
-    for event, event_attributes, at in events or []:
-        span.add_event(event, event_attributes, timestamp=at)
-    if error is None:
-        span.set_status(api.Status(api.StatusCode.OK))
-    else:
-        span.set_status(api.Status(api.StatusCode.ERROR, error))
-    span.end(end_time=max(end_ns, start_ns))
-
-
 def _remember(run_id: str, trace: RunTrace) -> None:
-    if len(_runs) >= _CACHE_LIMIT:
+    if len(_runs) >= CACHE_LIMIT:
         _runs.pop(next(iter(_runs)))
     _runs[run_id] = trace
 
@@ -220,9 +66,9 @@ def start_attributes(run_id: str) -> dict[str, Any]:
 
     caller = api.get_current_span().get_span_context()
     trace_id, parent = (
-        (caller.trace_id, caller.span_id) if caller.is_valid else (_random_id(128), None)
+        (caller.trace_id, caller.span_id) if caller.is_valid else (random_id(128), None)
     )
-    trace = RunTrace(trace_id, _random_id(64), parent, time.time_ns())
+    trace = RunTrace(trace_id, random_id(64), parent, time.time_ns())
     _remember(run_id, trace)
     _fresh.add(run_id)
     return {_naming.TRACE_ATTR: trace.record()}
@@ -231,12 +77,12 @@ def start_attributes(run_id: str) -> dict[str, Any]:
 def propagate(run_id: str) -> contextlib.AbstractContextManager[Any]:
     """Around the start or enqueue of a run: DBOS's own spans of it (each execution,
     after recovery or dequeue too) become children of the run's span."""
-    trace = _runs.get(run_id) if _on else None
+    trace = _runs.get(run_id) if _tracing_on() else None
     if trace is None:
         return contextlib.nullcontext()
     from dbos import PropagateOtelContext
 
-    return PropagateOtelContext(_otel_context(trace.trace_id, trace.span_id))
+    return PropagateOtelContext(context_of(trace.trace_id, trace.span_id))
 
 
 async def _load(run_id: str) -> RunTrace | None:
@@ -327,13 +173,13 @@ def traced_run_body(
             from opentelemetry import trace as api
 
             api.get_current_span().add_event(*event[:2])  # DBOS's span of this execution
-        attributes = {RUN_ID: run_id, WORKFLOW: workflow, _OI_KIND: "CHAIN"}
+        attributes = {RUN_ID: run_id, WORKFLOW: workflow, OI_KIND: "CHAIN"}
         start_ns = trace.start_ns or time.time_ns()
 
         def end(outcome: str, error: str | None = None) -> None:
             _runs.pop(run_id, None)
             ids = (trace.trace_id, trace.span_id, trace.parent_id)
-            _emit(
+            emit(
                 f"run {workflow}",
                 *ids,
                 start_ns,
@@ -343,7 +189,7 @@ def traced_run_body(
                 error,
             )
 
-        with _current(trace.trace_id, trace.span_id):
+        with current(trace.trace_id, trace.span_id):
             try:
                 result = await body(*args, **kwargs)
             except BaseException as error:
@@ -384,9 +230,9 @@ def step_call(run_id: str, invocation_id: str, step: str) -> contextlib.Abstract
     The invocation's span is exported here, when the run takes its result live:
     exactly once across processes (a result the run's record already holds was
     taken before a crash: a marker span without duration instead)."""
-    trace = _runs.get(run_id) if _on else None
+    trace = _runs.get(run_id) if _tracing_on() else None
     if trace is None:
-        return _OFF_SCOPE
+        return _NULL
     return _step_call(trace, run_id, invocation_id, step)
 
 
@@ -398,8 +244,8 @@ def _step_call(trace: RunTrace, run_id: str, invocation_id: str, step: str) -> I
     attributes = _step_attributes(run_id, invocation_id, step)
     try:
         with (
-            _current(trace.trace_id, span_id),
-            PropagateOtelContext(_otel_context(trace.trace_id, span_id)),
+            current(trace.trace_id, span_id),
+            PropagateOtelContext(context_of(trace.trace_id, span_id)),
         ):
             yield
     except BaseException as error:
@@ -412,7 +258,7 @@ def _step_call(trace: RunTrace, run_id: str, invocation_id: str, step: str) -> I
     now = time.time_ns()
     if invocation_id in _received.get(run_id, ()):
         attributes[REPLAYED] = True
-        _emit(f"step {step}", trace.trace_id, _random_id(64), trace.span_id, now, now, attributes)
+        emit(f"step {step}", trace.trace_id, random_id(64), trace.span_id, now, now, attributes)
         return
     if execution is None:  # its body ran in another process
         attributes["dbos_llama.executed_elsewhere"] = True
@@ -427,7 +273,7 @@ def _emit_invocation(
         attributes[ATTEMPT] = execution.attempt
     events = [_recovered_event(execution.attempt, execution.start_ns)]
     end_ns = execution.end_ns or time.time_ns()
-    _emit(
+    emit(
         f"step {step}",
         trace.trace_id,
         span_id,
@@ -448,7 +294,7 @@ def _step_attributes(run_id: str, invocation_id: str, step: str) -> dict[str, An
         INVOCATION: int(number) if number.isdigit() else -1,
         INVOCATION_ID: invocation_id,
         REPLAYED: False,
-        _OI_KIND: "CHAIN",
+        OI_KIND: "CHAIN",
     }
 
 
@@ -474,17 +320,17 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
             # From the invocation's creation (the database's resolution may be
             # seconds: not before the run's start).
             start_ns = max(status.created_at * 1_000_000, trace.start_ns)
-        if len(_executed) >= _CACHE_LIMIT:
+        if len(_executed) >= CACHE_LIMIT:
             _executed.clear()
         execution = _executed[invocation_id] = _Execution(start_ns, attempt)
         span_id = trace.child_id(invocation_id)
-        token = _step_var.set(_StepTrace(trace, span_id, invocation_id))
+        token = step_var.set(StepTrace(trace, span_id, invocation_id))
         # LlamaIndex's span of the step: under the invocation's span, not under its
         # span of the run in this process (which a crash would lose, leaving the
         # exported step spans of the dead process without their parent).
         llama_token = active_span_id.set(None)
         try:
-            with _current(trace.trace_id, span_id):
+            with current(trace.trace_id, span_id):
                 result = await body(*args, **kwargs)
         except BaseException as error:
             execution.error = repr(error)
@@ -492,7 +338,7 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
         finally:
             execution.end_ns = time.time_ns()
             active_span_id.reset(llama_token)
-            _step_var.reset(token)
+            step_var.reset(token)
         execution.error = _step_failure(result)
         return result
 
@@ -506,134 +352,3 @@ def _step_failure(outcome: Any) -> str | None:
         if isinstance(exception, BaseException):
             return repr(exception)
     return None
-
-
-# -- calls inside a step ----------------------------------------------------------------
-def _call_kind(name: str) -> tuple[str, str, str]:
-    """(kind, span name, OpenInference kind) of the call recorded as ``name``."""
-    if name.startswith("dbos_llama.llm."):
-        return "llm", f"llm {name.removeprefix('dbos_llama.llm.')}", "LLM"
-    if name.startswith("dbos_llama.tool."):
-        return "tool", f"tool {name.removeprefix('dbos_llama.tool.')}", "TOOL"
-    if name in (_naming.NOW_STEP, _naming.RANDOM_STEP, _naming.UUID4_STEP):
-        return "helper", f"call {name}", "CHAIN"
-    return "durable_step", f"call {name}", "CHAIN"
-
-
-@dataclass
-class Call:
-    """One durable call (``@durable_step``, LLM, tool, helper) while it runs."""
-
-    name: str
-    step: _StepTrace | None = None
-    span_id: int = 0
-    start_ns: int = 0
-    attempts: int = 0
-    _token: Any = field(default=None, repr=False)
-
-    def ran(self) -> None:
-        """The call executes (its result is not replayed from the record)."""
-        if self.attempts == 0:
-            self.start_ns = time.time_ns()
-        self.attempts += 1
-
-
-_OFF = Call("")
-
-
-class _Off:
-    """The scope of a hook while tracing is off: nothing to do, nothing allocated."""
-
-    def __enter__(self) -> Call:
-        return _OFF
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_OFF_SCOPE = _Off()
-
-
-def call(name: str) -> contextlib.AbstractContextManager[Call]:
-    """Around one durable call of a step: its span, a child of the step invocation's
-    (a replayed result gets one without duration, marked replayed)."""
-    step = _step_var.get() if _on else None
-    if step is None:
-        return _OFF_SCOPE
-    return _call(name, step)
-
-
-@contextlib.contextmanager
-def _call(name: str, step: _StepTrace) -> Iterator[Call]:
-    current = Call(name, step, _random_id(64))
-    trace_id = step.run.trace_id
-    try:
-        with _current(trace_id, current.span_id):
-            yield current
-    except BaseException as error:
-        if isinstance(error, Exception):
-            _end_call(current, repr(error))
-        raise
-    _end_call(current, None)
-
-
-def _end_call(current: Call, error: str | None) -> None:
-    assert current.step is not None
-    kind, span_name, oi_kind = _call_kind(current.name)
-    now = time.time_ns()
-    replayed = current.attempts == 0
-    attributes: dict[str, Any] = {
-        CALL: current.name,
-        CALL_KIND: kind,
-        REPLAYED: replayed,
-        INVOCATION_ID: current.step.invocation_id,
-        _OI_KIND: oi_kind,
-    }
-    if not replayed:
-        attributes[ATTEMPT] = current.attempts
-    trace = current.step.run
-    start = now if replayed else current.start_ns
-    _emit(
-        span_name,
-        trace.trace_id,
-        current.span_id,
-        current.step.span_id,
-        start,
-        now,
-        attributes,
-        error=error,
-    )
-
-
-# -- events sent from outside -----------------------------------------------------------
-def sent(run_ids: list[str], start_ns: int, read: Callable[[str], Any]) -> None:
-    """After events were sent to runs from outside them (a human's answer): a span in
-    each run's trace, linked to the sender's own span if one is current. ``read``
-    gives a run's DBOS status (for its recorded trace)."""
-    if not enabled():
-        return
-    from opentelemetry import trace as api
-
-    sender = api.get_current_span().get_span_context()
-    links = [api.Link(sender)] if sender.is_valid else []
-    for run_id in run_ids:
-        trace = _runs.get(run_id)
-        if trace is None:
-            status = read(run_id)
-            attributes = getattr(status, "attributes", None) or {}
-            trace = RunTrace.from_record(attributes.get(_naming.TRACE_ATTR))
-        if trace is None:
-            continue
-        tracer = copy.copy(_tracer)
-        tracer.id_generator = _FixedIds(trace.trace_id, _random_id(64))
-        parent = api.set_span_in_context(
-            api.NonRecordingSpan(_span_context(trace.trace_id, trace.span_id, True))
-        )
-        span = tracer.start_span(
-            "send event",
-            context=parent,
-            start_time=start_ns,
-            links=links,
-            attributes={RUN_ID: run_id},
-        )
-        span.end()

@@ -230,7 +230,7 @@ def test_the_debugger_page_loads_the_package_we_serve_locally() -> None:
 
 
 def test_an_sdk_tracer_copy_takes_its_span_ids_from_its_id_generator() -> None:
-    """`_tracing._emit`'s seam (public attributes of the OpenTelemetry SDK): a copy of
+    """`_otel.emit`'s seam (public attributes of the OpenTelemetry SDK): a copy of
     an SDK tracer with another ``id_generator`` emits the IDs it hands out, into the
     provider's processors; the provider itself is not changed."""
     import pytest
@@ -241,14 +241,14 @@ def test_an_sdk_tracer_copy_takes_its_span_ids_from_its_id_generator() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from dbos_llama import _tracing
+    from dbos_llama import _otel
 
     provider = TracerProvider()
     exported = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exported))
     tracer = provider.get_tracer("seam")
     copied = copy.copy(tracer)
-    copied.id_generator = _tracing._FixedIds(0xABC, 0xDEF)
+    copied.id_generator = _otel.FixedIds(0xABC, 0xDEF)
     copied.start_span("known", context=otel_context.Context()).end()
     tracer.start_span("random", context=otel_context.Context()).end()
     known, other = exported.get_finished_spans()
