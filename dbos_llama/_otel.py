@@ -7,10 +7,13 @@ import copy
 import hashlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
+
+from . import _naming
 
 #: The instrumentation scope of dbos_llama's spans.
 TRACER_NAME = "dbos_llama"
@@ -196,3 +199,14 @@ def emit(
     else:
         span.set_status(api.Status(api.StatusCode.ERROR, error))
     span.end(end_time=max(end_ns, start_ns))
+
+
+def forked_trace(attributes: dict[str, Any] | None) -> dict[str, Any]:
+    """The trace attribute of a fork of a run recorded with ``attributes`` (DBOS
+    copies them): the original's trace, with the fork's own run span under the
+    original's; {} for a run recorded without one (the fork gets one when executed)."""
+    original = RunTrace.from_record((attributes or {}).get(_naming.TRACE_ATTR))
+    if original is None:
+        return {}
+    fork = RunTrace(original.trace_id, random_id(64), original.span_id, time.time_ns())
+    return {_naming.TRACE_ATTR: fork.record()}

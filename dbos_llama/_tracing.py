@@ -70,6 +70,8 @@ def start_attributes(run_id: str) -> dict[str, Any]:
     )
     trace = RunTrace(trace_id, random_id(64), parent, time.time_ns())
     _remember(run_id, trace)
+    if len(_fresh) >= CACHE_LIMIT:  # runs enqueued here, executed by other workers
+        _fresh.clear()
     _fresh.add(run_id)
     return {_naming.TRACE_ATTR: trace.record()}
 

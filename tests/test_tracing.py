@@ -317,3 +317,16 @@ def test_llama_index_instrumentation_spans_join_the_tree(tmp_path: Path, sqlite_
         parent = by_id[span.parent_id]
         assert parent.name == f"step {span.name.split('.')[1]}" and not parent.replayed
     assert {s.process for s in llama_steps} == {s.process for s in spans}  # both processes
+
+
+def test_a_fork_gets_its_own_run_span_in_the_original_trace() -> None:
+    """DBOS copies a run's attributes to its fork: the fork's recorded trace keeps the
+    original's trace ID under a run span of its own (never the original's span ID)."""
+    from dbos_llama._otel import RunTrace, forked_trace
+
+    original = RunTrace(0xA1, 0xB2, None, 5)
+    forked = forked_trace({"dbos_llama.trace": original.record(), "other": 1})
+    fork = RunTrace.from_record(forked["dbos_llama.trace"])
+    assert fork is not None
+    assert fork.trace_id == 0xA1 and fork.parent_id == 0xB2 and fork.span_id != 0xB2
+    assert forked_trace({"other": 1}) == {} and forked_trace(None) == {}
