@@ -129,6 +129,29 @@ def _ends_here(error: BaseException, run_id: str) -> bool:
     return isinstance(error, Exception)
 
 
+async def _emit_abandoned(trace: RunTrace, run_id: str) -> None:
+    """At the run's end: the span of each step invocation the run never took the
+    result of (siblings abandoned when it ended, before or after a crash), so the
+    spans inside them keep their parent."""
+    listing = functools.partial(
+        DBOS.list_workflows, workflow_id_prefix=f"{run_id}/", load_input=False, load_output=False
+    )
+    taken = _received.get(run_id, set())
+    depth = run_id.count("/") + 2
+    for child in await outside_workflow(listing):
+        invocation_id = child.workflow_id
+        if invocation_id in taken or invocation_id.count("/") != depth:
+            continue
+        step = invocation_id.rsplit("/", 2)[-2]
+        attributes = {**_step_attributes(run_id, invocation_id, step), "dbos_llama.abandoned": True}
+        execution = _executed.pop(invocation_id, None)
+        if execution is None:  # its body ran in another process
+            attributes["dbos_llama.executed_elsewhere"] = True
+            created, updated = (child.created_at or 0) * 10**6, (child.updated_at or 0) * 10**6
+            execution = _Execution(max(created, trace.start_ns), 0, updated)
+        _emit_invocation(trace, trace.child_id(invocation_id), step, attributes, execution)
+
+
 async def _recorded_results(run_id: str) -> set[str]:
     """The step invocations whose result the run's record holds (DBOS's
     ``getResult`` of a child): a replay takes them from the record."""
@@ -178,30 +201,26 @@ def traced_run_body(
         attributes = {RUN_ID: run_id, WORKFLOW: workflow, OI_KIND: "CHAIN"}
         start_ns = trace.start_ns or time.time_ns()
 
-        def end(outcome: str, error: str | None = None) -> None:
+        async def end(outcome: str, error: str | None = None) -> None:
             _runs.pop(run_id, None)
+            await _emit_abandoned(trace, run_id)
             ids = (trace.trace_id, trace.span_id, trace.parent_id)
-            emit(
-                f"run {workflow}",
-                *ids,
-                start_ns,
-                time.time_ns(),
-                {**attributes, OUTCOME: outcome},
-                events,
-                error,
-            )
+            attributes[OUTCOME] = outcome
+            emit(f"run {workflow}", *ids, start_ns, time.time_ns(), attributes, events, error)
 
-        with current(trace.trace_id, trace.span_id):
-            try:
-                result = await body(*args, **kwargs)
-            except BaseException as error:
-                if _ends_here(error, run_id):
-                    cancelled = isinstance(error, dbos_error.DBOSWorkflowCancelledError)
-                    end("cancelled" if cancelled else "error", None if cancelled else repr(error))
-                raise
-            finally:
-                _received.pop(run_id, None)
-        end("success")
+        try:
+            with current(trace.trace_id, trace.span_id):
+                try:
+                    result = await body(*args, **kwargs)
+                except BaseException as error:
+                    if _ends_here(error, run_id):
+                        cancelled = isinstance(error, dbos_error.DBOSWorkflowCancelledError)
+                        failure = None if cancelled else repr(error)
+                        await end("cancelled" if cancelled else "error", failure)
+                    raise
+            await end("success")
+        finally:
+            _received.pop(run_id, None)
         return result
 
     return traced
@@ -251,11 +270,13 @@ def _step_call(trace: RunTrace, run_id: str, invocation_id: str, step: str) -> I
         ):
             yield
     except BaseException as error:
-        execution = _executed.pop(invocation_id, None)
+        execution = _executed.get(invocation_id)
         if execution is not None and _ends_here(error, run_id):
+            del _executed[invocation_id]
             execution.error = execution.error or repr(error)
             _emit_invocation(trace, span_id, step, attributes, execution)
-        raise
+            _received.setdefault(run_id, set()).add(invocation_id)
+        raise  # (cancelled: an abandoned sibling, its span emitted at the run's end)
     execution = _executed.pop(invocation_id, None)
     now = time.time_ns()
     if invocation_id in _received.get(run_id, ()):
@@ -266,6 +287,7 @@ def _step_call(trace: RunTrace, run_id: str, invocation_id: str, step: str) -> I
         attributes["dbos_llama.executed_elsewhere"] = True
         execution = _Execution(now, 0, now)
     _emit_invocation(trace, span_id, step, attributes, execution)
+    _received.setdefault(run_id, set()).add(invocation_id)
 
 
 def _emit_invocation(

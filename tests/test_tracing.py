@@ -179,9 +179,12 @@ def test_run_killed_mid_step_continues_its_trace(
         assert {m.attributes["dbos_llama.step"] for m in markers} == {"one", "two"}
 
 
-def test_fan_out_killed_is_one_trace(tmp_path: Path, sqlite_url: str) -> None:
+@pytest.mark.parametrize("crash_at", ["work:5", "collect:all"])
+def test_fan_out_killed_is_one_trace(tmp_path: Path, sqlite_url: str, crash_at: str) -> None:
+    """Every step invocation has one span, taken or abandoned (siblings still running
+    when the run ended), exported by whichever process: none lost, none twice."""
     n = 8
-    first = traced(sqlite_url, "fanout", "fan-1", {"n": n}, tmp_path, DBOS_LLAMA_CRASH_AT="work:5")
+    first = traced(sqlite_url, "fanout", "fan-1", {"n": n}, tmp_path, DBOS_LLAMA_CRASH_AT=crash_at)
     assert first.returncode == 137, first.stderr
     second = traced(sqlite_url, "fanout", "fan-1", {"n": n}, tmp_path)
     assert second.result == sum(i * i for i in range(n)), second.stderr
