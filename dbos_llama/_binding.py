@@ -15,7 +15,7 @@ from dbos import DBOS, SetWorkflowAttributes, SetWorkflowID
 from workflows.errors import WorkflowRuntimeError
 from workflows.events import StartEvent
 
-from . import _naming, _registry
+from . import _naming, _registry, _tracing
 from ._context import extra_run_attributes, outside_workflow
 from ._run_state import run_state
 from ._runtime import input_conflict, same_start_event
@@ -203,12 +203,17 @@ class Binding:
                 "attaches to an existing run only. Give the start event's fields to start it."
             )
         attributes = SetWorkflowAttributes(
-            {**(extra_run_attributes.get() or {}), _naming.VERSION_ATTR: self.version}
+            {
+                **(extra_run_attributes.get() or {}),
+                _naming.VERSION_ATTR: self.version,
+                **_tracing.start_attributes(run_id),
+            }
         )
+        traced = _tracing.propagate(run_id)
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
             await self._check_queue()
-            with SetWorkflowID(run_id), attributes:
+            with SetWorkflowID(run_id), attributes, traced:
                 handle = await DBOS.enqueue_workflow_async(
                     self.queue,
                     self.run_function,
@@ -219,7 +224,7 @@ class Binding:
                 )
             return handle
         run_state(run_id).mark_starting()  # before its body can start
-        with SetWorkflowID(run_id), attributes:
+        with SetWorkflowID(run_id), attributes, traced:
             return await DBOS.start_workflow_async(
                 self.run_function, start_event, self.version, time.time(), DECISION_RULES
             )

@@ -22,7 +22,7 @@ from workflows.runtime.types.results import (
     StepWorkerState,
 )
 
-from . import _registry
+from . import _registry, _tracing
 from ._adapters import cancel_run_by_id, end_sends
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
@@ -118,7 +118,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was released")
 
     run_body.__qualname__ = f"run[{binding.name}]"
-    return run_body
+    return _tracing.traced_run_body(run_body, binding.name)
 
 
 async def _end_cancelled_while_released(
@@ -178,7 +178,7 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
             lease.untrack(task)
 
     step_body.__qualname__ = f"step[{binding.name}]"
-    return step_body
+    return _tracing.traced_step_body(step_body)
 
 
 async def _execute_step(
@@ -267,7 +267,7 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         task = asyncio.current_task()
         if task is not None:
             run.task_invocations[task] = invocation_id
-        with SetWorkflowID(invocation_id):
+        with SetWorkflowID(invocation_id), _tracing.step_call(run_id, invocation_id, step_name):
             try:
                 outcome = await step_function(
                     run_id,

@@ -34,6 +34,9 @@ HELD_ATTR = "dbos_llama.held"
 #: Workflow attribute of a run started through a `DurableWorkflowServer`: the
 #: server's handler ID for it.
 HANDLER_ATTR = "dbos_llama.server_handler_id"
+#: Workflow attribute of a run started while OpenTelemetry tracing was on: its trace
+#: (``{"traceparent": W3C trace context of the run's span, "parent": caller's span}``).
+TRACE_ATTR = "dbos_llama.trace"
 #: Workflow attribute of a fork: the step it re-executes from.
 FORK_STEP_ATTR = "dbos_llama.forked_from_step"
 #: DBOS queue no worker listens to: a fork waits there until its attributes are set.

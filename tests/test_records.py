@@ -22,6 +22,7 @@ def test_recorded_names_never_change() -> None:
     assert _naming.VERSION_ATTR == "dbos_llama.version"
     assert _naming.HELD_ATTR == "dbos_llama.held"
     assert _naming.FORK_STEP_ATTR == "dbos_llama.forked_from_step"
+    assert _naming.TRACE_ATTR == "dbos_llama.trace"
     assert _naming.FORK_PARKING_QUEUE == "dbos_llama.fork-parking"
     assert _naming.NOW_STEP == "dbos_llama.now"
     assert _naming.RANDOM_STEP == "dbos_llama.random"
