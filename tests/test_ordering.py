@@ -64,12 +64,16 @@ class Racing(Workflow):
             stopped.set()
             return StopEvent(result="first")
         await stopped.wait()
-        await asyncio.sleep(0.005)  # the run has taken the StopEvent by now, if plain
+        await asyncio.sleep(late_after[0])
         ctx.write_event_to_stream(Late())
         return None
 
 
 stopped = asyncio.Event()
+#: How long after the StopEvent's return the sibling writes: long enough for a plain
+#: run to have taken it (and cancelled the sibling); a durable run drops the write
+#: however soon it comes (it takes the StopEvent later, once it is recorded).
+late_after = [0.0]
 
 
 DurableFourfold = durable(Fourfold, name="tests.ordering.Fourfold")
@@ -91,8 +95,9 @@ async def test_an_event_sent_right_after_run_reaches_the_run(dbos_app: str) -> N
 
 
 async def test_a_sibling_streams_nothing_after_the_stop_event(dbos_app: str) -> None:
-    for cls, kwargs in ((Racing, {}), (DurableRacing, {"run_id": "racing"})):
+    for cls, kwargs, delay in ((Racing, {}, 0.05), (DurableRacing, {"run_id": "racing"}, 0.005)):
         stopped.clear()
+        late_after[0] = delay
         handler = cls(timeout=30).run(**kwargs)
         streamed = [type(e).__name__ async for e in handler.stream_events()]
         assert await handler == "first"
