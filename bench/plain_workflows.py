@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from workflows import Context, Workflow, step
+from workflows import Workflow, step
 from workflows.events import (
     Event,
     HumanResponseEvent,
@@ -14,6 +14,8 @@ from workflows.events import (
     StartEvent,
     StopEvent,
 )
+
+from bench.fanout_flows import make_fan
 
 CHAIN = 10  # llama steps in the chain
 LOOP = 20  # times the loop step sends itself an event
@@ -57,29 +59,8 @@ class Loop(Workflow):
 
 
 # -- fan-out and collect ------------------------------------------------------------------
-class Item(Event):
-    i: int
-
-
-class Squared(Event):
-    value: int
-
-
-class Fan(Workflow):
-    @step
-    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
-        for i in range(FAN):
-            ctx.send_event(Item(i=i))
-        return None
-
-    @step(num_workers=FAN_WORKERS)
-    async def work(self, ev: Item) -> Squared:
-        return Squared(value=ev.i * ev.i)
-
-    @step
-    async def collect(self, ctx: Context, ev: Squared) -> StopEvent | None:
-        got = ctx.collect_events(ev, [Squared] * FAN)
-        return None if got is None else StopEvent(result=sum(e.value for e in got))
+#: One step sends FAN items, FAN_WORKERS workers square them, a collector sums them.
+Fan = make_fan(FAN, FAN_WORKERS)
 
 
 # -- human in the loop ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncGenerator, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +23,12 @@ from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
     WaitResult,
 )
+from workflows.runtime.types.results import SentEvent
 from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
 
 from . import _envelope as envelope
 from . import _naming, _release
-from ._context import invocation_var, outside_workflow
+from ._context import Invocation, invocation_var, outside_workflow
 from ._decisions import Decisions
 from ._mailbox import Mailbox
 from ._release_run import local, local_outbox
@@ -37,6 +39,8 @@ from ._upstream import awaited_event_types
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
+
+logger = logging.getLogger("dbos_llama")
 
 #: How often a process that did not start a run polls the database for its result.
 ATTACH_POLLING_INTERVAL_SEC = 0.1
@@ -87,6 +91,10 @@ class DBOSInternalAdapter(InternalRunAdapter):
     def write_to_event_stream(self, event: Event) -> Coroutine[Any, Any, None]:
         if not isinstance(event, InternalDispatchEvent):
             ensure_serializable(event, f"Event {type(event).__name__} written to the stream")
+        if self._run.stopping and not isinstance(event, StopEvent):
+            # A step returned the run's result: a sibling step still running writes
+            # nothing more (upstream cancels it as soon as it takes that result).
+            return _done()
         self._run.publish(event)
         if isinstance(event, InternalDispatchEvent):
             # Step state changes are for live observers only: not worth a row each.
@@ -109,9 +117,15 @@ class DBOSInternalAdapter(InternalRunAdapter):
         tick_log(self._run).append(tick)  # (for the run's snapshot)
         if not isinstance(tick, TickStepResult):
             return
+        self._decisions.collectors.note(tick, self._run.instance)
         for awaited in awaited_event_types(tick.result):
             if awaited not in self._run.awaited_types:
                 self._run.awaited_types.append(awaited)
+        if tick.sends and tick.invocation_id is not None and self._run.rules >= 2:
+            # The events the step sent, carried by its result: the next pulls take
+            # them (upstream drops any that also came as messages, by emission key).
+            if self._mailbox.carry(tick.invocation_id, tick.sends):
+                await _wake_mailbox(self._run.run_id, tick.invocation_id)
         if tick.invocation_id is not None:
             for event in self._run.pending_stream.pop(tick.invocation_id, ()):
                 self._run.stream_length += 1
@@ -131,7 +145,19 @@ class DBOSInternalAdapter(InternalRunAdapter):
                 tick.event, f"Event {type(tick.event).__name__} sent with ctx.send_event"
             )
         invocation = invocation_var.get()
-        key = invocation.next_send_key() if invocation is not None else None
+        if invocation is None:
+            return _send_outside_workflow(self._run.run_id, tick, None)
+        key = invocation.next_send_key()
+        if (
+            self._run.rules >= 2
+            and isinstance(tick, TickAddEvent)
+            and tick.emission is not None
+            and not invocation.returned
+        ):
+            # Upstream records the send in the step's result: it travels with it,
+            # unless the step is still running a moment later.
+            _hold(self._run.run_id, invocation, tick, key)
+            return _done()
         return _send_outside_workflow(self._run.run_id, tick, key)
 
     async def wait_receive(self, timeout_seconds: float | None = None) -> WaitResult:
@@ -174,6 +200,56 @@ async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | Non
     # re-executed step repeats a no-op.
     await outside_workflow(
         functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key)
+    )
+
+
+#: How long a step may go on running after a ``ctx.send_event`` before the events it
+#: holds go out as DBOS messages (a step that returns sooner carries them).
+CARRY_SECONDS = 0.05
+_flushing: set[asyncio.Task[None]] = set()
+
+
+def _hold(run_id: str, invocation: Invocation, tick: TickAddEvent, key: str) -> None:
+    invocation.held.append((tick, key))
+    if invocation.flush_timer is not None:
+        return
+
+    def flush() -> None:
+        invocation.flush_timer = None
+        held, invocation.held = invocation.held, []
+        task = asyncio.get_running_loop().create_task(_send_held(run_id, held))
+        _flushing.add(task)
+        task.add_done_callback(_flushing.discard)
+
+    invocation.flush_timer = asyncio.get_running_loop().call_later(CARRY_SECONDS, flush)
+
+
+async def _send_held(run_id: str, held: list[tuple[Any, str]]) -> None:
+    for tick, key in held:
+        try:
+            await _send_outside_workflow(run_id, tick, key)
+        except Exception:  # the step's recorded result carries it all the same
+            logger.debug("A held event of run %r was not sent early.", run_id, exc_info=True)
+
+
+async def end_sends(run_id: str, invocation: Invocation, outputs: list[Any]) -> None:
+    """The step returned: the events it still holds travel with its result; any its
+    recorded result does not carry (it failed to record them) go as messages now."""
+    invocation.returned = True
+    if invocation.flush_timer is not None:
+        invocation.flush_timer.cancel()
+        invocation.flush_timer = None
+    carried = {o.index for o in outputs if isinstance(o, SentEvent)}
+    held, invocation.held = invocation.held, []
+    await _send_held(run_id, [(t, k) for t, k in held if t.emission.index not in carried])
+
+
+async def _wake_mailbox(run_id: str, result_invocation: str) -> None:
+    """Wake a mailbox waiting in its DBOS receive for the events a result carried."""
+    message = {_naming.CARRIED_KEY: result_invocation}
+    key = _naming.carried_idempotency_key(run_id, result_invocation)
+    await outside_workflow(
+        functools.partial(DBOS.send, run_id, message, _naming.TICK_TOPIC, idempotency_key=key)
     )
 
 
@@ -253,6 +329,9 @@ class DBOSExternalAdapter(ExternalRunAdapter, SnapshottableAdapter, V2RuntimeCom
 
     async def send_event(self, tick: WorkflowTick) -> None:
         run_id = self._run.run_id
+        if self._run.start_task is not None:
+            # Sent right after run(): the run's DBOS workflow exists once started.
+            await asyncio.shield(self._run.start_task)
         outbox = local_outbox()
         if isinstance(tick, TickAddEvent) and outbox is not None:
             # From outside the run: carried as JSON, never as a pickle; the send and

@@ -16,7 +16,7 @@ from dbos import DBOS, SetWorkflowAttributes, SetWorkflowID
 from workflows.errors import WorkflowRuntimeError
 from workflows.events import StartEvent
 
-from . import _naming, _registry
+from . import _naming, _registry, _tracing
 from ._context import extra_run_attributes, outside_workflow
 from ._patches import recorded_seed
 from ._run_state import run_state
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
 
-from ._bodies import make_run_body, make_step_body, make_step_caller
+from ._bodies import DECISION_RULES, make_run_body, make_step_body, make_step_caller
 
 logger = logging.getLogger("dbos_llama")
 
@@ -221,23 +221,39 @@ class Binding:
                 "attaches to an existing run only. Give the start event's fields to start it."
             )
         attributes = SetWorkflowAttributes(
-            {**(extra_run_attributes.get() or {}), _naming.VERSION_ATTR: self.version}
+            {
+                **(extra_run_attributes.get() or {}),
+                _naming.VERSION_ATTR: self.version,
+                **_tracing.start_attributes(run_id),
+            }
         )
         # Recorded only when there is a seed: a run without one keeps the input shape
         # of earlier releases.
         seeded = {} if seed is None else {_naming.SEED_STATE_ARG: seed}
+        traced = _tracing.propagate(run_id)
         if self.queue is not None:
             # Any worker with capacity on the queue executes the run.
             await self._check_queue()
-            with SetWorkflowID(run_id), attributes:
+            with SetWorkflowID(run_id), attributes, traced:
                 handle = await DBOS.enqueue_workflow_async(
-                    self.queue, self.run_function, start_event, self.version, time.time(), **seeded
+                    self.queue,
+                    self.run_function,
+                    start_event,
+                    self.version,
+                    time.time(),
+                    DECISION_RULES,
+                    **seeded,
                 )
             return handle
         run_state(run_id).mark_starting()  # before its body can start
-        with SetWorkflowID(run_id), attributes:
+        with SetWorkflowID(run_id), attributes, traced:
             return await DBOS.start_workflow_async(
-                self.run_function, start_event, self.version, time.time(), **seeded
+                self.run_function,
+                start_event,
+                self.version,
+                time.time(),
+                DECISION_RULES,
+                **seeded,
             )
 
     def _check_same_input(

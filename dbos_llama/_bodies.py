@@ -22,8 +22,8 @@ from workflows.runtime.types.results import (
     StepWorkerState,
 )
 
-from . import _registry
-from ._adapters import cancel_run_by_id
+from . import _registry, _tracing
+from ._adapters import cancel_run_by_id, end_sends
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
 from ._patches import seed_edit
@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("dbos_llama")
 
 
+#: The decision rules a new run records with its input (runs recorded before it existed
+#: replay with 1): 2 lets a collecting step race the mailbox alone (`_decisions`).
+DECISION_RULES = 2
+
+
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
     """The DBOS workflow body of a run of ``binding``'s class."""
 
@@ -52,11 +57,13 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         start_event: StartEvent,
         version: str,
         started_at: float,
+        rules: int = 1,
         seed_state: dict[str, Any] | None = None,
     ) -> StopEvent:
         run_id = DBOS.workflow_id
         assert run_id is not None
         run = run_state(run_id)
+        run.rules = rules
         task = lease.track(run.generation, run_id)
         generation_token = generation_var.set(run.generation)
         live = run.begin_body()  # its state stays in this process's table
@@ -119,7 +126,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
         raise dbos_error.DBOSWorkflowCancelledError(f"Run {run_id!r} was released")
 
     run_body.__qualname__ = f"run[{binding.name}]"
-    return run_body
+    return _tracing.traced_run_body(run_body, binding.name)
 
 
 async def _end_cancelled_while_released(
@@ -179,7 +186,7 @@ def make_step_body(binding: DurableBinding) -> Callable[..., Any]:
             lease.untrack(task)
 
     step_body.__qualname__ = f"step[{binding.name}]"
-    return step_body
+    return _tracing.traced_step_body(step_body)
 
 
 async def _execute_step(
@@ -218,11 +225,16 @@ async def _execute_step(
             retry=retry,
         )
         run.finished_bodies.add(invocation_id)
+        if any(isinstance(getattr(o, "result", None), StopEvent) for o in outputs):
+            run.stopping = True
         if invocation.deferred_error is not None:
             failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
             outputs = [failed]
-        outputs = _failures_on_run_clock(run, outputs)
+        outputs = _storable_outputs(step_name, _failures_on_run_clock(run, outputs))
+        await end_sends(run_id, invocation, outputs)
     finally:
+        if invocation.flush_timer is not None:  # (it did not return: it runs again)
+            invocation.flush_timer.cancel()
         invocation_var.reset(inv_token)
         run_id_var.reset(run_token)
         run.local_steps -= 1
@@ -230,7 +242,7 @@ async def _execute_step(
             # A step recovered here while its run executes elsewhere.
             forget_run(run_id, run)
     return StepOutcome(
-        _storable_outputs(step_name, outputs),
+        outputs,
         invocation.stream,
         invocation.state,
         run.clock_if_live(),
@@ -263,7 +275,7 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         task = asyncio.current_task()
         if task is not None:
             run.task_invocations[task] = invocation_id
-        with SetWorkflowID(invocation_id):
+        with SetWorkflowID(invocation_id), _tracing.step_call(run_id, invocation_id, step_name):
             try:
                 outcome = await step_function(
                     run_id,
@@ -394,6 +406,8 @@ async def _was_cancelled(run_id: str, error: BaseException) -> bool:
 
 async def _cancel_outside_workflow(invocation_ids: list[str]) -> None:
     # Step invocations the control loop abandoned (e.g. siblings of the step that
-    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them.
+    # returned the StopEvent) are marked CANCELLED so no launch ever resumes them
+    # (an ending of theirs that DBOS reports as an error is a normal one here).
+    _registry.cancelled_runs.update(invocation_ids)
     for invocation_id in invocation_ids:
         await outside_workflow(functools.partial(DBOS.cancel_workflow, invocation_id))

@@ -17,7 +17,7 @@ from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, StopEvent
 
 from . import _envelope as envelope
-from . import _naming, _registry
+from . import _naming, _otel, _registry
 from ._handover import hand_over
 from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
@@ -233,6 +233,7 @@ class DurableClient:
             )
         attributes: dict[str, Any] = {_naming.FORK_STEP_ATTR: from_step, _naming.HELD_ATTR: None}
         attributes[_naming.VERSION_ATTR] = version if version is not None else info.version
+        attributes.update(_otel.forked_trace(original.attributes))  # not the original's span
         await self._dbos.update_workflow_attributes_async(new_id, attributes, merge=True)
         await self._dbos.resume_workflow_async(new_id)
         return new_id

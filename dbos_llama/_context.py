@@ -52,6 +52,11 @@ class Invocation:
     # The lease generation it executes in (`_lease`): its calls start only while
     # the worker holds that generation's lease.
     generation: int = 0
+    # Events sent with ``ctx.send_event`` that travel with the invocation's result
+    # unless it is still running `CARRY_SECONDS` later (`_adapters`): (tick, key).
+    held: list[tuple[Any, str]] = field(default_factory=list)
+    flush_timer: asyncio.TimerHandle | None = None
+    returned: bool = False
 
     def next_send_key(self) -> str:
         key = _naming.send_idempotency_key(self.invocation_id, self.sends)

@@ -12,9 +12,10 @@ from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
 from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
 )
-from workflows.runtime.types.ticks import TickCancelRun, TickStepResult
+from workflows.runtime.types.ticks import TickStepResult
 
 from . import _naming
+from ._collecting import Collectors, collector_race, first_finished, holds_cancel, result_of
 from ._context import outside_workflow
 from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
@@ -23,24 +24,12 @@ from ._run_state import RunState
 from ._upstream import current_function_id
 
 
-def result_of(task: asyncio.Task[Any]) -> Any:
-    """A task's result if it returned one, else None (running, cancelled, raised)."""
-    if not task.done() or task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
 def _stops(task: asyncio.Task[Any]) -> bool:
     """Whether a finished worker task's step returned a StopEvent."""
     tick = result_of(task)
     return isinstance(tick, TickStepResult) and any(
         isinstance(getattr(r, "result", None), StopEvent) for r in tick.result
     )
-
-
-def _holds_cancel(task: asyncio.Task[Any]) -> bool:
-    """Whether a mailbox pull ended with the run's cancellation (never recorded)."""
-    return isinstance(result_of(task), TickCancelRun)
 
 
 def _task_order(named: NamedTask) -> tuple[int, str]:
@@ -57,6 +46,11 @@ class Decisions:
         self._mailbox = mailbox
         # Calls of `next_task` so far: the same sequence in every replay.
         self._waits = 0
+        # Keys of tasks the last recorded choice saw finished besides the one it took:
+        # the next waits take them in this order without a checkpoint of their own.
+        self._then: list[str] = []
+        #: The run's collecting steps (fed by the adapter's `on_tick`).
+        self.collectors = Collectors()
 
     async def next_task(
         self,
@@ -76,6 +70,20 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
+        collector = self._only_collector(named, pull) if self._run.rules >= 2 else None
+        if (
+            pull is not None
+            and self._mailbox.holds_carried(tasks[pull])
+            and not self._collecting(named)
+        ):
+            # An event a step's result carried, taken at the pull's start: first.
+            self._waits += 1
+            return WaitForNextTaskResult(tasks[pull], started)
+        if self._then:
+            index = self._recorded_next(named)
+            if index is not None:
+                self._waits += 1
+                return await self._take(index, tasks, pull, started)
         if pull is not None and len(tasks) == 1 and self._idle_here():
             # Only the mailbox is awaited, live: the run is idle, and may be released.
             assert self._run.idle_release is not None
@@ -89,40 +97,106 @@ class Decisions:
             else:
                 await self._mailbox.settle(tasks[0])
             return WaitForNextTaskResult(tasks[0], started)
+        if collector is not None and pull is not None:
+            # A collecting step runs: the others' results and the mailbox's events
+            # wait for it (`_collecting`); only a cancel or the deadline comes first.
+            taken = await self._collector_first(number, tasks[collector], tasks[pull], timeout)
+            if taken is tasks[collector]:
+                await self._let_siblings_finish_recording(taken, tasks)
+            return WaitForNextTaskResult(taken, started)
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
 
-        async def choose() -> tuple[int | None, float, bool]:
-            # The pull counts as finished once an outside event reached it.
-            arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    [*tasks, arrived], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                arrived.cancel()
-            first = next(
-                (
-                    i
-                    for i, task in enumerate(tasks)
-                    if task in done or (i == pull and arrived in done)
-                ),
-                None,
+        async def choose() -> tuple[Any, ...]:
+            collects = [self.collectors.likely(n, self._run.instance) for n in named]
+            ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
+            first = ready[0] if ready else None
+            cancel = first is not None and first == pull and holds_cancel(tasks[first])
+            # The others that had finished too are taken next, in priority order:
+            # one checkpoint for tasks that finish together. (A pull holding a
+            # cancel is never recorded.)
+            then = tuple(
+                named[i].key
+                for i in ready[1:]
+                if not cancel and not (i == pull and holds_cancel(tasks[i]))
             )
-            cancel = first is not None and first == pull and _holds_cancel(tasks[first])
-            return Choice(first, self._run.live_clock(), cancel).record()
+            return Choice(first, self._run.live_clock(), cancel, then).record()
 
         # One checkpoint records which task finished first (or that the deadline
-        # came) and when; a replay returns the same choice and the same time.
-        index, self._run.clock, cancel = Choice.read(
-            await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose)
-        )
+        # came), when, and which others had finished; a replay returns the same.
+        choice = Choice.read(await DBOS.run_step_async({"name": _naming.NEXT_STEP}, choose))
+        index, self._run.clock, self._then = choice.first, choice.clock, list(choice.then)
         if index is None:
             return WaitForNextTaskResult(None, started)
         completed = tasks[index]
-        if cancel and not _holds_cancel(completed):
+        if choice.cancel and not holds_cancel(completed):
             # A cancel is never replayed: this resumed run waits again from here.
             return WaitForNextTaskResult(None, started)
+        return await self._take(index, tasks, pull, started)
+
+    def _collecting(self, named: list[NamedTask]) -> bool:
+        """Whether a worker of a known collecting step is among the running tasks."""
+        return any(self.collectors.known(n, self._run.instance) for n in named)
+
+    async def _collector_first(
+        self,
+        number: int,
+        collector: asyncio.Task[Any],
+        pull: asyncio.Task[Any],
+        timeout: float | None,
+    ) -> asyncio.Task[Any] | None:
+        """The collector once it has finished, the pull if it holds a cancel (never
+        recorded), or None if the deadline came first (recorded as a `Wake`, as in
+        `_one_step`: a replay, whose collector finishes at once, reads it)."""
+        run = self._run
+        kind = run.wakes.get(number)
+        if kind is None:
+            left = None if timeout is None else max(0.0, timeout - run.elapsed_since_clock())
+            kind = await collector_race(collector, pull, left)
+            if kind == "timeout" and await self._step_finished(collector):
+                kind = "step"
+        if kind == "cancel":
+            return pull
+        if kind == "step":
+            return (await self._step_won(collector, [])).completed
+
+        def wake() -> tuple[int, str, float]:
+            return Wake(number, "timeout", run.live_clock()).record()
+
+        recorded = Wake.read(await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake))
+        run.clock = recorded.clock
+        return None
+
+    def _only_collector(self, named: list[NamedTask], pull: int | None) -> int | None:
+        """The index of the one worker of a known collecting step among the running
+        tasks, beside the pull (None if there is no such single worker)."""
+        workflow = self._run.instance
+        found = [i for i, n in enumerate(named) if self.collectors.known(n, workflow)]
+        return found[0] if len(found) == 1 and pull is not None else None
+
+    def _recorded_next(self, named: list[NamedTask]) -> int | None:
+        """The index of the next task a recorded choice saw finished, if it is still
+        running and may be taken now (else the rest of that choice no longer applies:
+        the run records its next choice)."""
+        key = self._then.pop(0)
+        index = next((i for i, n in enumerate(named) if n.key == key), None)
+        if index is not None:
+            workflow, known = self._run.instance, self.collectors.known
+            if not known(named[index], workflow) and any(known(n, workflow) for n in named):
+                index = None  # a collecting step is running: it goes first
+        if index is None:
+            self._then.clear()
+        return index
+
+    async def _take(
+        self,
+        index: int,
+        tasks: list[asyncio.Task[Any]],
+        pull: int | None,
+        started: list[NamedTask],
+    ) -> WaitForNextTaskResult:
+        """Take the chosen task once it has finished (a replayed one finishes now)."""
+        completed = tasks[index]
         if index == pull:
             await self._mailbox.settle(completed)
         else:
@@ -235,7 +309,7 @@ class Decisions:
             arrived.cancel()
         if worker in done:
             return "step"
-        if pull in done and _holds_cancel(pull):
+        if pull in done and holds_cancel(pull):
             return "cancel"
         if await self._step_finished(worker):
             return "step"

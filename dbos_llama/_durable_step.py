@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast, overload
 import wrapt
 from dbos import DBOS, StepOptions
 
-from . import _naming
+from . import _naming, _trace_calls
 from ._context import invocation_var
 from ._lease import lease
 from ._serialization import ensure_serializable
@@ -149,18 +149,20 @@ async def _checkpoint(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
     """Run ``fn`` as a DBOS step of the running invocation; in a step re-run after
     ``ctx.wait_for_event``, return (and record) the earlier run's result instead."""
     hit, value = _replayed(options["name"])
-    if hit:
-        return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
-    generation = _generation()
+    with _trace_calls.call(options["name"]) as traced:
+        if hit:
+            return await DBOS.run_step_async({"name": options["name"]}, lambda: value)
+        generation = _generation()
 
-    async def admitted() -> Any:
-        # Inside the DBOS step: its function ID is taken, and a recorded call
-        # never gets here. A worker unsure of its lease starts no call.
-        await lease.admit(generation)
-        result = fn()
-        return await result if inspect.isawaitable(result) else result
+        async def admitted() -> Any:
+            # Inside the DBOS step: its function ID is taken, and a recorded call
+            # never gets here. A worker unsure of its lease starts no call.
+            await lease.admit(generation)
+            traced.ran()
+            result = fn()
+            return await result if inspect.isawaitable(result) else result
 
-    return await DBOS.run_step_async(cast(StepOptions, options), admitted)
+        return await DBOS.run_step_async(cast(StepOptions, options), admitted)
 
 
 def _generation() -> int:
@@ -170,6 +172,13 @@ def _generation() -> int:
 
 
 def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
+    with _trace_calls.call(options["name"]) as traced:
+        return _run_sync_step_traced(options, fn, traced)
+
+
+def _run_sync_step_traced(
+    options: dict[str, Any], fn: Callable[[], Any], traced: _trace_calls.Call
+) -> Any:
     hit, value = _replayed(options["name"])
     if hit:
         options, fn = {"name": options["name"]}, lambda: value
@@ -178,6 +187,7 @@ def _run_sync_step(options: dict[str, Any], fn: Callable[[], Any]) -> Any:
 
         def admitted() -> Any:
             lease.admit_blocking(generation)
+            traced.ran()
             return call()
 
         fn = admitted

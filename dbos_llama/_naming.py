@@ -34,6 +34,9 @@ HELD_ATTR = "dbos_llama.held"
 #: Workflow attribute of a run started through a `DurableWorkflowServer`: the
 #: server's handler ID for it.
 HANDLER_ATTR = "dbos_llama.server_handler_id"
+#: Workflow attribute of a run started while OpenTelemetry tracing was on: its trace
+#: (``{"traceparent": W3C trace context of the run's span, "parent": caller's span}``).
+TRACE_ATTR = "dbos_llama.trace"
 #: Workflow attribute of a fork: the step it re-executes from.
 FORK_STEP_ATTR = "dbos_llama.forked_from_step"
 #: DBOS queue no worker listens to: a fork waits there until its attributes are set.
@@ -122,6 +125,16 @@ def tool_call_name(tool: str) -> str:
 def send_idempotency_key(invocation_id: str, number: int) -> str:
     """Idempotency key of the ``number``-th event sent by one step invocation."""
     return f"{invocation_id}/send/{number}"
+
+
+#: The key of the message that wakes a run's mailbox for the events a step's result
+#: carried (`_mailbox`): ``{CARRIED_KEY: <upstream invocation ID of that result>}``.
+CARRIED_KEY = "dbos_llama.carried"
+
+
+def carried_idempotency_key(run_id: str, result_invocation: str) -> str:
+    """Idempotency key of the wake-up message for one step result's carried events."""
+    return f"{run_id}/carried/{result_invocation}"
 
 
 #: The library's own tables live in the DBOS system database: in schema

@@ -36,19 +36,27 @@ UNFINISHED = frozenset({PENDING, ENQUEUED, DELAYED, CANCELLED})
 
 class Choice(NamedTuple):
     """`_naming.NEXT_STEP` output: which task finished first (None: the deadline came),
-    the run's clock then, and whether it was the pull holding a cancel."""
+    the run's clock then, whether it was the pull holding a cancel, and the keys of the
+    other tasks that had finished too, in the order the run takes them next.
+
+    Recorded as a plain tuple; runs recorded before ``then`` existed have three items.
+    """
 
     first: int | None
     clock: float
     cancel: bool
+    then: tuple[str, ...] = ()
 
-    def record(self) -> tuple[int | None, float, bool]:
-        return (self.first, self.clock, self.cancel)
+    def record(self) -> tuple[Any, ...]:
+        if not self.then:
+            return (self.first, self.clock, self.cancel)
+        return (self.first, self.clock, self.cancel, list(self.then))
 
     @classmethod
     def read(cls, output: Any) -> Choice:
-        first, clock, cancel = output
-        return cls(None if first is None else int(first), float(clock), bool(cancel))
+        first, clock, cancel, *rest = output
+        then = tuple(str(key) for key in rest[0]) if rest else ()
+        return cls(None if first is None else int(first), float(clock), bool(cancel), then)
 
 
 class Wake(NamedTuple):

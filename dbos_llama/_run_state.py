@@ -150,6 +150,10 @@ class RunState:
     # The last function ID of a recorded decision or step call of the run (0: none):
     # a wait before it is replayed, never idle (`Decisions._idle`).
     last_recorded_decision: int = 0
+    # The run's recorded decision rules (an input of its DBOS workflow; see `_bodies`).
+    rules: int = 1
+    # Set when a step's code here returned the StopEvent: the stream takes no more.
+    stopping: bool = False
 
     @property
     def executing(self) -> bool:

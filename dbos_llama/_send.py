@@ -23,16 +23,17 @@ their class's queue). A crash between the commit and the resume leaves a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from dbos import DBOSClient, SendMessage, WorkflowSerializationFormat
+from dbos import DBOSClient, SendMessage, WorkflowSerializationFormat, WorkflowStatus
 from dbos import error as dbos_error
 from workflows.events import Event, HumanResponseEvent
 
-from . import _naming, _registry, _upstream
+from . import _naming, _registry, _trace_calls, _upstream
 from ._records import CANCELLED, TERMINAL
 from ._release import RELEASED_STATES, Releases
 from .errors import EventNotAcceptedError, RunFinishedError, RunNotFoundError
@@ -121,6 +122,7 @@ class Outbox:
         unless ``check`` raised first.
         """
         ids = list(dict.fromkeys(run_id for run_id, _ in messages))
+        start_ns = time.time_ns()
         table = self._releases.table
         with_releases = table.present()
         try:
@@ -153,7 +155,11 @@ class Outbox:
             raise
         for row in claimed:
             self._releases.resume_claimed(str(row["run_id"]), row["queue_name"])
+        _trace_calls.sent(ids, start_ns, self._status)
         return [str(row["run_id"]) for row in claimed]
+
+    def _status(self, run_id: str) -> WorkflowStatus:
+        return self._client.retrieve_workflow(run_id).get_status()
 
     def _destinations(
         self, conn: sa.Connection, ids: list[str], with_releases: bool

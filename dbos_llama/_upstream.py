@@ -15,6 +15,9 @@ from workflows.runtime.types.step_function import StepWorkerFunction
 from workflows.runtime.types.ticks import WorkflowTick
 from workflows.workflow import Workflow
 
+#: The step name DBOS records in a workflow when it takes a child workflow's result
+#: (the row after the child's call, with its ``child_workflow_id``).
+GET_RESULT_STEP = "DBOS.getResult"
 #: Keyword names the control loop passes to a step worker (``runner.py`` calls it
 #: with keywords, so a wrapper must keep them exactly).
 STEP_WORKER_PARAMETERS = ("state", "step_name", "event", "workflow", "bound_events", "retry")

@@ -38,6 +38,8 @@ async def main(db_url: str, flow: str, run_id: str, kwargs: dict) -> None:
         "system_database_url": db_url,
         "notification_listener_polling_interval_sec": 0.05,
     }
+    if os.environ.get("DBOS_LLAMA_OTLP"):
+        config["enable_otlp"] = True  # DBOS's spans, to the application's TracerProvider
     if os.environ.get("DBOS_LLAMA_APP_VERSION"):
         config["application_version"] = os.environ["DBOS_LLAMA_APP_VERSION"]
     DBOS(config=config)

@@ -142,6 +142,21 @@ class FanOut(Workflow):
 
 
 @durable
+class Trickle(FanOut):
+    """FanOut whose fan step goes on running after each send, so the events it holds
+    go out as messages while it runs (and its result carries them too)."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        step_started()
+        for i in range(ev.n):
+            ctx.send_event(Item(i=i, n=ev.n))
+            await asyncio.sleep(0.15)  # longer than the hold (CARRY_SECONDS)
+            maybe_crash(f"trickle:sent-{i}")
+        return None
+
+
+@durable
 class Sleeper(Workflow):
     """One step that sleeps durably."""
 
@@ -470,6 +485,7 @@ FLOWS = {
     "retry-after-restart": RetryAfterRestart,
     "chain3": Chain3,
     "fanout": FanOut,
+    "trickle": Trickle,
     "sleeper": Sleeper,
     "versioned": Versioned,
     "needsargs": NeedsArgs,

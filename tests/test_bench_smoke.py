@@ -35,3 +35,15 @@ def test_idle_release_benchmark_smoke_run(tmp_path: Path) -> None:
     assert set(results) == {"raw", "kept", "released"}
     assert all(figures["drain_seconds"] > 0 for figures in results.values())
     assert "| sqlite | idle_release=2 |" in (tmp_path / "idle.md").read_text()
+
+
+def test_fanout_sweep_smoke_run(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    bench(
+        "-m", "bench.fanout", "--backends", "sqlite", "--widths", "4", "--workers", "2",
+        "--repeat", "1", "--skip-alternative", "--out", out,
+    )  # fmt: skip
+    (row,) = json.loads((tmp_path / "fanout.json").read_text())["rows"]
+    assert (row["width"], row["workers"], row["collector_invocations"]) == (4, 2, 4)
+    assert {"plain", "floor-b", "dbos_llama"} <= set(row)
+    assert "| sqlite | 4 | 2 |" in (tmp_path / "fanout.md").read_text()

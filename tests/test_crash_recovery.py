@@ -85,15 +85,27 @@ FAN_RESULT = sum(i * i for i in range(FAN_N))
 
 
 @pytest.mark.parametrize("repeat", range(2))
-@pytest.mark.parametrize("crash_at", ["fan:sent", "work:2", "work:5", "collect:all"])
-def test_fan_out_survives_kill(tmp_path: Path, db_url: str, crash_at: str, repeat: int) -> None:
+@pytest.mark.parametrize(
+    "flow, crash_at",
+    [
+        ("fanout", "fan:sent"),  # the sends held by the fan step, not yet carried
+        ("fanout", "work:2"),
+        ("fanout", "work:5"),
+        ("fanout", "collect:all"),
+        ("trickle", "trickle:sent-3"),  # 3 events sent as messages, the 4th held
+        ("trickle", "work:5"),  # a worker killed while the fan step still sends
+    ],
+)
+def test_fan_out_survives_kill(
+    tmp_path: Path, db_url: str, flow: str, crash_at: str, repeat: int
+) -> None:
     db = db_url
     log = tmp_path / "effects.log"
-    first = run_driver(db, "fanout", "fan-1", {"n": FAN_N}, log, crash_at=crash_at)
+    first = run_driver(db, flow, "fan-1", {"n": FAN_N}, log, crash_at=crash_at)
     assert first.returncode == 137, first.stderr
     before = snapshot(db, "fan-1")
 
-    second = run_driver(db, "fanout", "fan-1", {"n": FAN_N}, log)
+    second = run_driver(db, flow, "fan-1", {"n": FAN_N}, log)
     assert second.returncode == 0, second.stderr
     assert second.result == FAN_RESULT
     assert "DBOSUnexpectedStepError" not in second.stderr
@@ -106,3 +118,9 @@ def test_fan_out_survives_kill(tmp_path: Path, db_url: str, crash_at: str, repea
     counts = [lines[f"square:{i}"] for i in range(FAN_N)]
     assert all(c >= 1 for c in counts)
     assert sum(c - 1 for c in counts) <= 4
+    # The collector is invoked once per collected event, as in an uninterrupted plain
+    # run; only an invocation in flight at the kill executes again.
+    collects = sorted(w for w in snapshot(db, "fan-1").statuses if w.startswith("fan-1/collect/"))
+    assert len(collects) == FAN_N, collects
+    executions = [lines[f"step:{w}"] for w in collects]
+    assert sum(executions) <= FAN_N + 1, executions

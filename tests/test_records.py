@@ -22,6 +22,7 @@ def test_recorded_names_never_change() -> None:
     assert _naming.VERSION_ATTR == "dbos_llama.version"
     assert _naming.HELD_ATTR == "dbos_llama.held"
     assert _naming.FORK_STEP_ATTR == "dbos_llama.forked_from_step"
+    assert _naming.TRACE_ATTR == "dbos_llama.trace"
     assert _naming.FORK_PARKING_QUEUE == "dbos_llama.fork-parking"
     assert _naming.NOW_STEP == "dbos_llama.now"
     assert _naming.RANDOM_STEP == "dbos_llama.random"
@@ -52,8 +53,15 @@ def test_the_run_body_takes_the_seed_under_its_recorded_name() -> None:
 
     body = make_run_body(Tally.__dbos_llama_binding__)  # type: ignore[attr-defined]
     parameters = inspect.signature(body).parameters
-    assert list(parameters) == ["start_event", "version", "started_at", _naming.SEED_STATE_ARG]
+    assert list(parameters) == [
+        "start_event",
+        "version",
+        "started_at",
+        "rules",
+        _naming.SEED_STATE_ARG,
+    ]
     assert parameters[_naming.SEED_STATE_ARG].default is None
+    assert parameters["rules"].default == 1  # runs recorded before the decision rules
 
 
 def test_release_rows_keep_their_columns(tmp_path) -> None:
@@ -100,5 +108,12 @@ def test_checkpoint_outputs_are_plain_tuples_of_the_recorded_shape() -> None:
     for record in (choice, wake, write):
         assert b"dbos_llama" not in pickle.dumps(record)
     assert Choice.read((None, 1.0, True)) == Choice(None, 1.0, True)
+    # Tasks that finished together: the others' keys ride along; a choice without
+    # them keeps the three-item shape of runs recorded before they existed.
+    together = Choice(0, 2.0, False, ("work:1", "__pull__:3")).record()
+    assert together == (0, 2.0, False, ["work:1", "__pull__:3"])
+    assert b"dbos_llama" not in pickle.dumps(together)
+    assert Choice.read(together) == Choice(0, 2.0, False, ("work:1", "__pull__:3"))
+    assert Choice.read(choice).then == ()
     assert Wake.read(wake) == Wake(3, "pull", 12.5)
     assert StateWrite.read(write) == StateWrite(4, [{"op": "add", "path": "/x", "value": 1}])

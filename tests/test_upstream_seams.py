@@ -3,6 +3,7 @@ release of llama-index-workflows or DBOS changes it (instead of silently at runt
 
 from __future__ import annotations
 
+import copy
 import typing
 
 from dbos import DBOS, SetWorkflowID
@@ -254,3 +255,65 @@ def test_the_debugger_page_loads_the_package_we_serve_locally() -> None:
     from dbos_llama.server import DEBUGGER_CDN_PREFIX, _debugger_page
 
     assert DEBUGGER_CDN_PREFIX + "app.js" in _debugger_page()
+
+
+def test_an_sdk_tracer_copy_takes_its_span_ids_from_its_id_generator() -> None:
+    """`_otel.emit`'s seam (public attributes of the OpenTelemetry SDK): a copy of
+    an SDK tracer with another ``id_generator`` emits the IDs it hands out, into the
+    provider's processors; the provider itself is not changed."""
+    import pytest
+
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry import context as otel_context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dbos_llama import _otel
+
+    provider = TracerProvider()
+    exported = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("seam")
+    copied = copy.copy(tracer)
+    copied.id_generator = _otel.FixedIds(0xABC, 0xDEF)
+    copied.start_span("known", context=otel_context.Context()).end()
+    tracer.start_span("random", context=otel_context.Context()).end()
+    known, other = exported.get_finished_spans()
+    assert (known.context.trace_id, known.context.span_id) == (0xABC, 0xDEF)
+    assert other.context.span_id != 0xDEF and provider.id_generator is tracer.id_generator
+
+
+def test_llama_instrumentation_parent_is_a_context_variable() -> None:
+    """`_tracing.traced_step_body` clears LlamaIndex's current span ID so a step's
+    span is not parented to the run's span of one process: the context variable that
+    upstream's step function reads."""
+    from llama_index_instrumentation.span import active_span_id
+    from workflows.runtime.types import step_function
+
+    assert step_function.active_span_id is active_span_id
+
+
+async def test_a_child_workflows_result_is_recorded_as_get_result(tmp_path) -> None:
+    """`_tracing` tells a step result taken before a crash by the parent's
+    ``GET_RESULT_STEP`` row for the child."""
+
+    @DBOS.workflow(name="seam-child")
+    async def child() -> int:
+        return 7
+
+    @DBOS.workflow(name="seam-parent")
+    async def parent() -> int:
+        with SetWorkflowID("seam-parent/child"):
+            return await child()
+
+    DBOS(config=dbos_config(f"sqlite:///{tmp_path / 'db.sqlite'}"))
+    DBOS.launch()
+    try:
+        with SetWorkflowID("seam-parent"):
+            assert await parent() == 7
+        steps = await DBOS.list_workflow_steps_async("seam-parent")
+    finally:
+        DBOS.destroy()
+    rows = [(s["function_name"], s["child_workflow_id"]) for s in steps]
+    assert (up.GET_RESULT_STEP, "seam-parent/child") in rows

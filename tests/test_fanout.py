@@ -1,0 +1,138 @@
+"""Fan-out and collect: the collector is invoked once per collected event, as plain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dbos import DBOS
+from workflows import Context, Workflow, step
+from workflows.events import Event, StartEvent, StopEvent
+
+from dbos_llama import durable
+
+ITEMS = 5
+#: The collector's executions, per workflow instance.
+collector_calls: dict[int, list[int]] = {}
+
+
+class Item(Event):
+    i: int
+
+
+class Done(Event):
+    value: int
+
+
+class Pipeline(Workflow):
+    """A new user's pipeline: five items sent, three workers, a collector."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        for i in range(ITEMS):
+            ctx.send_event(Item(i=i))
+        return None
+
+    @step(num_workers=3)
+    async def work(self, ev: Item) -> Done:
+        await asyncio.sleep(0.01 * (ev.i % 3))  # items finish out of order
+        return Done(value=ev.i * 10)
+
+    @step
+    async def collect(self, ctx: Context, ev: Done) -> StopEvent | None:
+        collector_calls.setdefault(id(self), []).append(ev.value)
+        got = ctx.collect_events(ev, [Done] * ITEMS)
+        return None if got is None else StopEvent(result=sorted(e.value for e in got))
+
+
+DurablePipeline = durable(Pipeline, name="tests.fanout.Pipeline")
+RESULT = [i * 10 for i in range(ITEMS)]
+
+
+async def test_collector_runs_once_per_collected_event_like_plain(dbos_app: str) -> None:
+    """Durable: exactly one collector invocation per collected event, every run. Plain
+    (upstream's runtime, side by side): at least one; more when two results reach the
+    control loop together and two collectors start on one buffer (upstream then re-runs
+    the second), which depends on timing."""
+    for n in range(3):
+        plain = Pipeline(timeout=30)
+        assert await plain.run() == RESULT
+        calls = collector_calls.pop(id(plain))
+        assert set(calls) == set(RESULT) and len(calls) >= ITEMS
+
+        run_id = f"pipeline-{n}"
+        flow = DurablePipeline(timeout=30)
+        assert await flow.run(run_id=run_id) == RESULT
+        # One invocation per collected event, each seeing one new event.
+        calls = collector_calls.pop(id(flow))
+        assert sorted(calls) == RESULT, calls
+        recorded = await DBOS.list_workflows_async(workflow_id_prefix=f"{run_id}/collect/")
+        assert len(recorded) == ITEMS
+
+
+def _receives(steps: list) -> int:
+    return sum(1 for s in steps if s["function_name"] == "DBOS.recv")
+
+
+async def test_events_sent_by_a_step_that_returns_travel_with_its_result(dbos_app: str) -> None:
+    """The fan step's five sends are carried by its recorded result: the run receives
+    at most one message (the wake-up of its waiting mailbox), not one per event."""
+    assert await DurablePipeline(timeout=30).run(run_id="carried") == RESULT
+    steps = await DBOS.list_workflow_steps_async("carried")
+    assert _receives(steps) <= 1, [s["function_name"] for s in steps]
+
+
+async def test_a_run_recorded_before_carried_events_sends_messages(dbos_app: str) -> None:
+    """A run whose recorded input has no decision rules (recorded by an earlier
+    version) replays and runs as it was recorded: every sent event is a message."""
+    from dbos import SetWorkflowID
+
+    from dbos_llama._registry import binding_of
+
+    binding = binding_of(DurablePipeline)
+    DurablePipeline(timeout=30)  # the instance its run uses
+    with SetWorkflowID("rules-1"):
+        handle = await DBOS.start_workflow_async(
+            binding.run_function, StartEvent(), binding.version, time.time()
+        )
+    assert (await handle.get_result()).result == RESULT
+    steps = await DBOS.list_workflow_steps_async("rules-1")
+    assert _receives(steps) == ITEMS
+
+
+class Tick(Event):
+    n: int
+
+
+class Slow(Workflow):
+    """A producer that keeps running after each send; a consumer that notes when."""
+
+    @step
+    async def produce(self, ctx: Context, ev: StartEvent) -> Tick | None:
+        for n in range(2):
+            ctx.send_event(Tick(n=n))
+            sent.append(time.monotonic())
+            await asyncio.sleep(1.0)
+        return None
+
+    @step
+    async def consume(self, ctx: Context, ev: Tick) -> StopEvent | None:
+        consumed.append(time.monotonic())
+        got = ctx.collect_events(ev, [Tick] * 2)
+        return None if got is None else StopEvent(result=sorted(t.n for t in got))
+
+
+sent: list[float] = []
+consumed: list[float] = []
+DurableSlow = durable(Slow, name="tests.fanout.Slow")
+
+
+async def test_a_step_that_runs_on_delivers_its_events_as_it_goes(dbos_app: str) -> None:
+    """As in a plain run, a step's sent event reaches its consumer while the step goes
+    on running (held at most `CARRY_SECONDS`), not when it returns."""
+    for cls, kwargs in ((Slow, {}), (DurableSlow, {"run_id": "slow"})):
+        sent.clear()
+        consumed.clear()
+        assert await cls(timeout=30).run(**kwargs) == [0, 1]
+        # The first event was consumed while the producer went on for 1 s.
+        assert consumed[0] < sent[0] + 0.5, (cls, consumed, sent)
