@@ -23,12 +23,12 @@ from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
     WaitResult,
 )
-from workflows.runtime.types.results import SentEvent
 from workflows.runtime.types.ticks import TickAddEvent, TickStepResult, WorkflowTick
 
 from . import _envelope as envelope
 from . import _naming, _release
-from ._context import Invocation, invocation_var, outside_workflow
+from ._carry import hold, send_outside_workflow, wake_mailbox
+from ._context import invocation_var, outside_workflow
 from ._decisions import Decisions
 from ._mailbox import Mailbox
 from ._release_run import local, local_outbox
@@ -125,7 +125,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
             # The events the step sent, carried by its result: the next pulls take
             # them (upstream drops any that also came as messages, by emission key).
             if self._mailbox.carry(tick.invocation_id, tick.sends):
-                await _wake_mailbox(self._run.run_id, tick.invocation_id)
+                await wake_mailbox(self._run.run_id, tick.invocation_id)
         if tick.invocation_id is not None:
             for event in self._run.pending_stream.pop(tick.invocation_id, ()):
                 self._run.stream_length += 1
@@ -146,7 +146,7 @@ class DBOSInternalAdapter(InternalRunAdapter):
             )
         invocation = invocation_var.get()
         if invocation is None:
-            return _send_outside_workflow(self._run.run_id, tick, None)
+            return send_outside_workflow(self._run.run_id, tick, None)
         key = invocation.next_send_key()
         if (
             self._run.rules >= 2
@@ -156,9 +156,9 @@ class DBOSInternalAdapter(InternalRunAdapter):
         ):
             # Upstream records the send in the step's result: it travels with it,
             # unless the step is still running a moment later.
-            _hold(self._run.run_id, invocation, tick, key)
+            hold(self._run.run_id, invocation, tick, key)
             return _done()
-        return _send_outside_workflow(self._run.run_id, tick, key)
+        return send_outside_workflow(self._run.run_id, tick, key)
 
     async def wait_receive(self, timeout_seconds: float | None = None) -> WaitResult:
         return await self._mailbox.receive(timeout_seconds)
@@ -193,64 +193,6 @@ async def cancel_run_by_id(run_id: str) -> None:
         await outside_workflow(functools.partial(cancel, run_id))
     else:
         await outside_workflow(functools.partial(releases.cancel, run_id, cancel))
-
-
-async def _send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None) -> None:
-    # Not a checkpoint of the sending step: the idempotency key makes a send that a
-    # re-executed step repeats a no-op.
-    await outside_workflow(
-        functools.partial(DBOS.send, run_id, tick, _naming.TICK_TOPIC, idempotency_key=key)
-    )
-
-
-#: How long a step may go on running after a ``ctx.send_event`` before the events it
-#: holds go out as DBOS messages (a step that returns sooner carries them).
-CARRY_SECONDS = 0.05
-_flushing: set[asyncio.Task[None]] = set()
-
-
-def _hold(run_id: str, invocation: Invocation, tick: TickAddEvent, key: str) -> None:
-    invocation.held.append((tick, key))
-    if invocation.flush_timer is not None:
-        return
-
-    def flush() -> None:
-        invocation.flush_timer = None
-        held, invocation.held = invocation.held, []
-        task = asyncio.get_running_loop().create_task(_send_held(run_id, held))
-        _flushing.add(task)
-        task.add_done_callback(_flushing.discard)
-
-    invocation.flush_timer = asyncio.get_running_loop().call_later(CARRY_SECONDS, flush)
-
-
-async def _send_held(run_id: str, held: list[tuple[Any, str]]) -> None:
-    for tick, key in held:
-        try:
-            await _send_outside_workflow(run_id, tick, key)
-        except Exception:  # the step's recorded result carries it all the same
-            logger.debug("A held event of run %r was not sent early.", run_id, exc_info=True)
-
-
-async def end_sends(run_id: str, invocation: Invocation, outputs: list[Any]) -> None:
-    """The step returned: the events it still holds travel with its result; any its
-    recorded result does not carry (it failed to record them) go as messages now."""
-    invocation.returned = True
-    if invocation.flush_timer is not None:
-        invocation.flush_timer.cancel()
-        invocation.flush_timer = None
-    carried = {o.index for o in outputs if isinstance(o, SentEvent)}
-    held, invocation.held = invocation.held, []
-    await _send_held(run_id, [(t, k) for t, k in held if t.emission.index not in carried])
-
-
-async def _wake_mailbox(run_id: str, result_invocation: str) -> None:
-    """Wake a mailbox waiting in its DBOS receive for the events a result carried."""
-    message = {_naming.CARRIED_KEY: result_invocation}
-    key = _naming.carried_idempotency_key(run_id, result_invocation)
-    await outside_workflow(
-        functools.partial(DBOS.send, run_id, message, _naming.TICK_TOPIC, idempotency_key=key)
-    )
 
 
 class DBOSExternalAdapter(ExternalRunAdapter, SnapshottableAdapter, V2RuntimeCompatibilityShim):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
@@ -23,7 +22,8 @@ from workflows.runtime.types.results import (
 )
 
 from . import _registry, _tracing
-from ._adapters import cancel_run_by_id, end_sends
+from ._adapters import cancel_run_by_id
+from ._carry import end_sends
 from ._context import Invocation, invocation_var, outside_workflow, run_id_var
 from ._lease import generation_var, lease
 from ._patches import seed_edit
@@ -32,10 +32,9 @@ from ._registry import DurableBinding
 from ._release_run import finish_release, sweeper, take_up
 from ._run_state import RunState, StreamMoved, forget_run, run_state
 from ._runtime import dbos_runtime
-from ._serialization import ensure_serializable, storable_exception, with_storable_exception
+from ._serialization import storable_outputs, storable_retry
 from ._snapshots import forget_ticks
 from ._step_workflows import StepOutcome
-from .errors import NotSerializableError
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
@@ -230,7 +229,7 @@ async def _execute_step(
         if invocation.deferred_error is not None:
             failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
             outputs = [failed]
-        outputs = _storable_outputs(step_name, _failures_on_run_clock(run, outputs))
+        outputs = storable_outputs(step_name, _failures_on_run_clock(run, outputs))
         await end_sends(run_id, invocation, outputs)
     finally:
         if invocation.flush_timer is not None:  # (it did not return: it runs again)
@@ -270,7 +269,7 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         run = run_state(run_id)
         invocation_id = run.next_invocation_id(step_name)
         rerun_of = _rerun_of(run.work_items, state, invocation_id)
-        retry = _storable_retry(retry)
+        retry = storable_retry(retry)
         run.inflight.add(invocation_id)
         task = asyncio.current_task()
         if task is not None:
@@ -340,51 +339,6 @@ def _failures_on_run_clock(
         else o
         for o in outputs
     ]
-
-
-def _storable_retry(retry: RetryAttempt) -> RetryAttempt:
-    if retry.last_exception is None:
-        return retry
-    exc = storable_exception(retry.last_exception)
-    if exc is retry.last_exception:
-        return retry
-    assert isinstance(exc, Exception)
-    return dataclasses.replace(retry, last_exception=exc)
-
-
-def _storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[StepWorkerOutput]:
-    """The step's outputs, made safe to record: failures as storable exceptions, and
-    a result DBOS cannot serialize turned into a clear failure of the step."""
-    safe: list[StepWorkerOutput] = []
-    for output in outputs:
-        if isinstance(output, StepWorkerFailed):
-            output = with_storable_exception(output, "exception")
-        safe.append(output)
-    try:
-        ensure_serializable(safe, f"The output of step {step_name!r}")
-    except NotSerializableError as whole:
-        failure = whole
-        # Prefer the precise culprit: the step's own serialization error (e.g. from
-        # ctx.send_event), else the event the step returned.
-        raised = [
-            o.exception
-            for o in safe
-            if isinstance(o, StepWorkerFailed) and isinstance(o.exception, NotSerializableError)
-        ]
-        for output in [] if raised else outputs:
-            result = getattr(output, "result", None)
-            if result is None:
-                continue
-            try:
-                ensure_serializable(
-                    result, f"Step {step_name!r} returned {type(result).__name__}, which"
-                )
-            except NotSerializableError as precise:
-                failure = precise
-                break
-        failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
-        return [StepWorkerFailed(exception=raised[0] if raised else failure, failed_at=failed_at)]
-    return safe
 
 
 def _taken_over(workflow_id: str) -> dbos_error.DBOSWorkflowConflictIDError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import traceback
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from workflows.runtime.types.results import RetryAttempt, StepWorkerFailed, StepWorkerOutput
 
 from ._upstream import dbos_serializer
 from .errors import NotSerializableError, StepFailedError
@@ -109,3 +111,49 @@ def with_storable_exception(model: M, field: str) -> M:
     exc = getattr(model, field)
     storable = storable_exception(exc)
     return model if storable is exc else model.model_copy(update={field: storable})
+
+
+def storable_retry(retry: RetryAttempt) -> RetryAttempt:
+    """A retry attempt whose last exception can be recorded."""
+    if retry.last_exception is None:
+        return retry
+    exc = storable_exception(retry.last_exception)
+    if exc is retry.last_exception:
+        return retry
+    assert isinstance(exc, Exception)
+    return dataclasses.replace(retry, last_exception=exc)
+
+
+def storable_outputs(step_name: str, outputs: list[StepWorkerOutput]) -> list[StepWorkerOutput]:
+    """The step's outputs, made safe to record: failures as storable exceptions, and
+    a result DBOS cannot serialize turned into a clear failure of the step."""
+    safe: list[StepWorkerOutput] = []
+    for output in outputs:
+        if isinstance(output, StepWorkerFailed):
+            output = with_storable_exception(output, "exception")
+        safe.append(output)
+    try:
+        ensure_serializable(safe, f"The output of step {step_name!r}")
+    except NotSerializableError as whole:
+        failure = whole
+        # Prefer the precise culprit: the step's own serialization error (e.g. from
+        # ctx.send_event), else the event the step returned.
+        raised = [
+            o.exception
+            for o in safe
+            if isinstance(o, StepWorkerFailed) and isinstance(o.exception, NotSerializableError)
+        ]
+        for output in [] if raised else outputs:
+            result = getattr(output, "result", None)
+            if result is None:
+                continue
+            try:
+                ensure_serializable(
+                    result, f"Step {step_name!r} returned {type(result).__name__}, which"
+                )
+            except NotSerializableError as precise:
+                failure = precise
+                break
+        failed_at = next((o.failed_at for o in safe if isinstance(o, StepWorkerFailed)), 0.0)
+        return [StepWorkerFailed(exception=raised[0] if raised else failure, failed_at=failed_at)]
+    return safe
