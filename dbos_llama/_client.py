@@ -12,7 +12,7 @@ from typing import Any
 from dbos import DBOSClient, Serializer, SetWorkflowID, WorkflowHandleAsync, WorkflowStatus
 from dbos import error as dbos_error
 from pydantic import BaseModel
-from workflows.context.state_store import DictState, InMemoryStateStore, infer_state_type
+from workflows.context.state_store import DictState, InMemoryStateStore
 from workflows.errors import WorkflowCancelledByUser
 from workflows.events import Event, StopEvent
 
@@ -27,6 +27,7 @@ from ._release import RELEASED_STATES, Releases, keep_following, wait_while_rele
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._send import Outbox, check_destinations
 from ._serialization import UNREADABLE_VALUE_ERRORS
+from ._upstream import class_state_type
 from .errors import (
     RunConflictError,
     RunNotFoundError,
@@ -373,8 +374,8 @@ class DurableClient:
         edits, _unfinished = await asyncio.to_thread(recorded_edits, self._dbos, run_id)
         binding = _registry.lookup(info.workflow)
         state_type: type[BaseModel] = DictState
-        if binding is not None and binding.instance is not None:
-            state_type = infer_state_type(binding.instance)
+        if binding is not None:
+            state_type = class_state_type(binding.cls)
         base = InMemoryStateStore(state_type()).checkpoint().to_dict()
         payload = rebuild_payload(base, [(seq, patch) for _, seq, patch in edits])
         if payload.get("state_type") == DictState.__name__:

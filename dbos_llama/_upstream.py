@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+from pydantic import BaseModel
+from workflows.context.state_store import infer_state_type
 from workflows.runtime.types.results import AddWaiter
 from workflows.runtime.types.step_function import StepWorkerFunction
 from workflows.runtime.types.ticks import WorkflowTick
@@ -27,6 +30,14 @@ def class_step_names(cls: type[Workflow]) -> list[str]:
     """Names of the steps a workflow class declares (methods and free functions)."""
     # No public class-level accessor exists; `Workflow._get_steps_from_class` is it.
     return sorted(cls._get_steps_from_class())
+
+
+def class_state_type(cls: type[Workflow]) -> type[BaseModel]:
+    """The state type of a workflow class (its steps' ``Context[T]``; `DictState` if
+    none): upstream's `infer_state_type`, which reads an instance's steps
+    (``_get_steps``), given the class's own (no instance may be alive)."""
+    steps = cls._get_steps_from_class()
+    return infer_state_type(cast(Any, SimpleNamespace(_get_steps=lambda: steps)))
 
 
 def class_accepted_events(cls: type[Workflow]) -> list[type[Any]]:

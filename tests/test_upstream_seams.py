@@ -317,3 +317,15 @@ async def test_a_child_workflows_result_is_recorded_as_get_result(tmp_path) -> N
         DBOS.destroy()
     rows = [(s["function_name"], s["child_workflow_id"]) for s in steps]
     assert (up.GET_RESULT_STEP, "seam-parent/child") in rows
+
+
+def test_a_class_state_type_is_what_upstream_infers_from_an_instance() -> None:
+    """`class_state_type` hands upstream's `infer_state_type` the class's steps through
+    ``_get_steps`` (the name it reads): the same answer as for an instance, without one."""
+    from workflows.context.state_store import DictState, infer_state_type
+
+    from dbos_llama._upstream import class_state_type
+    from tests.test_state import Shop
+
+    assert class_state_type(Shop) is infer_state_type(Shop()) is not DictState
+    assert class_state_type(Workflow) is DictState
