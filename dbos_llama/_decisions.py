@@ -70,17 +70,16 @@ class Decisions:
         if not tasks:
             return WaitForNextTaskResult(None, started)
         pull = next((i for i, n in enumerate(named) if isinstance(n, PullTask)), None)
-        collector = self._only_collector(named, pull) if self._run.rules >= 2 else None
-        if (
-            pull is not None
-            and self._mailbox.holds_carried(tasks[pull])
-            and not self._collecting(named)
-        ):
+        # Workers of steps known to collect: while one is there, it goes first.
+        collecting = [
+            i for i, n in enumerate(named) if self.collectors.known(n, self._run.instance)
+        ]
+        if pull is not None and self._mailbox.holds_carried(tasks[pull]) and not collecting:
             # An event a step's result carried, taken at the pull's start: first.
             self._waits += 1
             return WaitForNextTaskResult(tasks[pull], started)
         if self._then:
-            index = self._recorded_next(named)
+            index = self._recorded_next(named, collecting)
             if index is not None:
                 self._waits += 1
                 return await self._take(index, tasks, pull, started)
@@ -97,11 +96,12 @@ class Decisions:
             else:
                 await self._mailbox.settle(tasks[0])
             return WaitForNextTaskResult(tasks[0], started)
-        if collector is not None and pull is not None:
+        if len(collecting) == 1 and pull is not None and self._run.rules >= 2:
             # A collecting step runs: the others' results and the mailbox's events
             # wait for it (`_collecting`); only a cancel or the deadline comes first.
-            taken = await self._collector_first(number, tasks[collector], tasks[pull], timeout)
-            if taken is tasks[collector]:
+            collector = tasks[collecting[0]]
+            taken = await self._collector_first(number, collector, tasks[pull], timeout)
+            if taken is collector:
                 await self._let_siblings_finish_recording(taken, tasks)
             return WaitForNextTaskResult(taken, started)
         if len(tasks) == 2 and pull == 1:
@@ -134,10 +134,6 @@ class Decisions:
             return WaitForNextTaskResult(None, started)
         return await self._take(index, tasks, pull, started)
 
-    def _collecting(self, named: list[NamedTask]) -> bool:
-        """Whether a worker of a known collecting step is among the running tasks."""
-        return any(self.collectors.known(n, self._run.instance) for n in named)
-
     async def _collector_first(
         self,
         number: int,
@@ -167,23 +163,14 @@ class Decisions:
         run.clock = recorded.clock
         return None
 
-    def _only_collector(self, named: list[NamedTask], pull: int | None) -> int | None:
-        """The index of the one worker of a known collecting step among the running
-        tasks, beside the pull (None if there is no such single worker)."""
-        workflow = self._run.instance
-        found = [i for i, n in enumerate(named) if self.collectors.known(n, workflow)]
-        return found[0] if len(found) == 1 and pull is not None else None
-
-    def _recorded_next(self, named: list[NamedTask]) -> int | None:
+    def _recorded_next(self, named: list[NamedTask], collecting: list[int]) -> int | None:
         """The index of the next task a recorded choice saw finished, if it is still
         running and may be taken now (else the rest of that choice no longer applies:
         the run records its next choice)."""
         key = self._then.pop(0)
         index = next((i for i, n in enumerate(named) if n.key == key), None)
-        if index is not None:
-            workflow, known = self._run.instance, self.collectors.known
-            if not known(named[index], workflow) and any(known(n, workflow) for n in named):
-                index = None  # a collecting step is running: it goes first
+        if index is not None and collecting and index not in collecting:
+            index = None  # a collecting step is running: it goes first
         if index is None:
             self._then.clear()
         return index
