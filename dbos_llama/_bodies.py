@@ -44,8 +44,9 @@ logger = logging.getLogger("dbos_llama")
 
 
 #: The decision rules a new run records with its input (runs recorded before it existed
-#: replay with 1): 2 lets a collecting step race the mailbox alone (`_decisions`).
-DECISION_RULES = 2
+#: replay with 1): 2 lets a collecting step race the mailbox alone, 3 keeps the rest of
+#: a recorded choice while a collecting step goes first (`_decisions`).
+DECISION_RULES = 3
 
 
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:

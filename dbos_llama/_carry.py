@@ -27,25 +27,37 @@ async def send_outside_workflow(run_id: str, tick: WorkflowTick, key: str | None
     )
 
 
-#: How long a step may go on running after a ``ctx.send_event`` before the events it
-#: holds go out as DBOS messages (a step that returns sooner carries them).
+#: How long a step may go on running without sending before the events it holds go
+#: out as DBOS messages (a step that returns sooner carries them with its result)...
 CARRY_SECONDS = 0.05
+#: ...and the longest an event is held while its step keeps sending (a step that
+#: sends one event after another for longer still delivers them as it goes).
+CARRY_MAX_SECONDS = 0.5
 _flushing: set[asyncio.Task[None]] = set()
 
 
 def hold(run_id: str, invocation: Invocation, tick: TickAddEvent, key: str) -> None:
+    loop = asyncio.get_running_loop()
     invocation.held.append((tick, key))
+    invocation.last_held = loop.time()
     if invocation.flush_timer is not None:
         return
+    latest = invocation.last_held + CARRY_MAX_SECONDS
 
     def flush() -> None:
+        # A step sending in a loop (the timer fires between its sends, or once a
+        # loop that never awaits is over) holds on until it pauses or returns.
+        due = min(invocation.last_held + CARRY_SECONDS, latest)
+        if loop.time() < due:
+            invocation.flush_timer = loop.call_at(due, flush)
+            return
         invocation.flush_timer = None
         held, invocation.held = invocation.held, []
-        task = asyncio.get_running_loop().create_task(_send_held(run_id, held))
+        task = loop.create_task(_send_held(run_id, held))
         _flushing.add(task)
         task.add_done_callback(_flushing.discard)
 
-    invocation.flush_timer = asyncio.get_running_loop().call_later(CARRY_SECONDS, flush)
+    invocation.flush_timer = loop.call_later(CARRY_SECONDS, flush)
 
 
 async def _send_held(run_id: str, held: list[tuple[Any, str]]) -> None:

@@ -53,8 +53,10 @@ class Invocation:
     # the worker holds that generation's lease.
     generation: int = 0
     # Events sent with ``ctx.send_event`` that travel with the invocation's result
-    # unless it is still running `CARRY_SECONDS` later (`_adapters`): (tick, key).
+    # unless it goes on running without sending (`_carry`): (tick, key), and when
+    # the last of them was held (the loop's clock).
     held: list[tuple[Any, str]] = field(default_factory=list)
+    last_held: float = 0.0
     flush_timer: asyncio.TimerHandle | None = None
     returned: bool = False
 

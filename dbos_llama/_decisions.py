@@ -78,7 +78,8 @@ class Decisions:
             # An event a step's result carried, taken at the pull's start: first.
             self._waits += 1
             return WaitForNextTaskResult(tasks[pull], started)
-        if self._then:
+        collector_first = len(collecting) == 1 and pull is not None and self._run.rules >= 2
+        if self._then and not (self._keeps_then(collector_first) and collecting):
             index = self._recorded_next(named, collecting)
             if index is not None:
                 self._waits += 1
@@ -96,7 +97,7 @@ class Decisions:
             else:
                 await self._mailbox.settle(tasks[0])
             return WaitForNextTaskResult(tasks[0], started)
-        if len(collecting) == 1 and pull is not None and self._run.rules >= 2:
+        if collector_first and pull is not None:
             # A collecting step runs: the others' results and the mailbox's events
             # wait for it (`_collecting`); only a cancel or the deadline comes first.
             collector = tasks[collecting[0]]
@@ -162,6 +163,12 @@ class Decisions:
         recorded = Wake.read(await DBOS.run_step_async({"name": _naming.WAKE_STEP}, wake))
         run.clock = recorded.clock
         return None
+
+    def _keeps_then(self, collector_first: bool) -> bool:
+        """Whether the rest of a recorded choice waits while a collecting step goes
+        first (rules 3: one checkpoint for the workers that finished together, though
+        each result starts the collector), rather than being dropped (rules 2)."""
+        return collector_first and self._run.rules >= 3
 
     def _recorded_next(self, named: list[NamedTask], collecting: list[int]) -> int | None:
         """The index of the next task a recorded choice saw finished, if it is still

@@ -182,6 +182,8 @@ class RunState:
 
     def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
         """The run's `ctx.store`, created on first use with the workflow's state type."""
+        if self.state_store is not None:  # (inferring the type reads every step's signature)
+            return self.state_store
         return self.store_of(infer_state_type(workflow))
 
     def store_of(self, state_type: type[Any]) -> DurableStateStore[Any]:

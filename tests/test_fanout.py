@@ -10,6 +10,7 @@ from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
 from dbos_llama import durable
+from tests.test_human_in_the_loop import messages_to
 
 ITEMS = 5
 #: The collector's executions, per workflow instance.
@@ -136,3 +137,98 @@ async def test_a_step_that_runs_on_delivers_its_events_as_it_goes(dbos_app: str)
         assert await cls(timeout=30).run(**kwargs) == [0, 1]
         # The first event was consumed while the producer went on for 1 s.
         assert consumed[0] < sent[0] + 0.5, (cls, consumed, sent)
+
+
+class Burst(Workflow):
+    """A fan step that sends many events in one long synchronous loop."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        for i in range(40):
+            ctx.send_event(Item(i=i))
+            time.sleep(0.005)  # the loop outlasts the hold: 0.2 s without an await
+        return None
+
+    @step(num_workers=4)
+    async def work(self, ev: Item) -> Done:
+        return Done(value=ev.i)
+
+    @step
+    async def collect(self, ctx: Context, ev: Done) -> StopEvent | None:
+        got = ctx.collect_events(ev, [Done] * 40)
+        return None if got is None else StopEvent(result=sum(e.value for e in got))
+
+
+DurableBurst = durable(Burst, name="tests.fanout.Burst")
+
+
+async def test_a_step_that_sends_in_a_long_loop_carries_its_events(dbos_app: str) -> None:
+    """The hold runs from the step's last send, not its first: a loop of sends that
+    takes longer than the hold still carries every event with the step's result
+    (no DBOS message per event; at most the mailbox's wake-up)."""
+    assert await DurableBurst(timeout=30).run(run_id="burst") == sum(range(40))
+    assert messages_to(dbos_app, "burst", envelopes_only=False) <= 1
+
+
+class Together(Workflow):
+    """Three workers finish while the first collector invocation still runs."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        for i in range(4):
+            ctx.send_event(Item(i=i))
+        return None
+
+    @step(num_workers=4)
+    async def work(self, ev: Item) -> Done:
+        await asyncio.sleep(0 if ev.i == 0 else 0.2)
+        return Done(value=ev.i)
+
+    @step
+    async def collect(self, ctx: Context, ev: Done) -> StopEvent | None:
+        collector_calls.setdefault(id(self), []).append(ev.value)
+        if ev.value == 0:
+            await asyncio.sleep(0.6)  # the other three finish meanwhile
+        got = ctx.collect_events(ev, [Done] * 4)
+        return None if got is None else StopEvent(result=sorted(e.value for e in got))
+
+
+DurableTogether = durable(Together, name="tests.fanout.Together")
+
+
+def _decisions(steps: list) -> int:
+    return sum(1 for s in steps if s["function_name"] == "dbos_llama.next")
+
+
+async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str) -> None:
+    """Three worker results that waited for the collector are taken with one recorded
+    choice, though each of them starts the collector again (decision rules 3). A run
+    recorded with rules 2 (an earlier version) replays as it was recorded: one choice
+    per result."""
+    from dbos import SetWorkflowID
+
+    from dbos_llama._bodies import DECISION_RULES
+    from dbos_llama._registry import binding_of
+
+    assert DECISION_RULES == 3
+    flow = DurableTogether(timeout=30)
+    assert await flow.run(run_id="together") == [0, 1, 2, 3]
+    assert sorted(collector_calls.pop(id(flow))) == [0, 1, 2, 3]
+    # The first worker's result, then the three that finished together.
+    steps = await DBOS.list_workflow_steps_async("together")
+    # The last choice took the first of the three and saw the other two finished.
+    last = [s["output"] for s in steps if s["function_name"] == "dbos_llama.next"][-1]
+    assert list(last[3]) == ["work:2", "work:3"], last
+
+    binding = binding_of(DurableTogether)
+    earlier = DurableTogether(timeout=30)  # the instance its run uses
+    with SetWorkflowID("together-rules-2"):
+        handle = await DBOS.start_workflow_async(
+            binding.run_function, StartEvent(), binding.version, time.time(), 2
+        )
+    assert (await handle.get_result()).result == [0, 1, 2, 3]
+    assert sorted(collector_calls.pop(id(earlier))) == [0, 1, 2, 3]
+    earlier_steps = await DBOS.list_workflow_steps_async("together-rules-2")
+    # Rules 2 drop the rest of a choice once the collector starts: the second of the
+    # three needs a choice of its own (the last, alone beside the mailbox, needs none).
+    assert _decisions(earlier_steps) == _decisions(steps) + 1

@@ -90,9 +90,10 @@ async def test_bad_sends_are_refused_and_write_nothing(dbos_app: str) -> None:
         assert await client.get_result("hitl-bad") == "answer=fine"
 
 
-def messages_to(db_url: str, *run_ids: str) -> int:
-    """Event envelopes (the JSON outside senders write) stored in DBOS's
-    notifications table for ``run_ids``, read or not."""
+def messages_to(db_url: str, *run_ids: str, envelopes_only: bool = True) -> int:
+    """Event envelopes (the JSON outside senders write; every message if not
+    ``envelopes_only``) stored in DBOS's notifications table for ``run_ids``, read
+    or not."""
     import sqlalchemy as sa
 
     from dbos_llama._upstream import notifications_table
@@ -102,7 +103,8 @@ def messages_to(db_url: str, *run_ids: str) -> int:
         with engine.connect() as c:
             query = sa.text(
                 f"SELECT COUNT(*) FROM {notifications_table(engine.dialect.name)} "
-                "WHERE destination_uuid IN :ids AND message LIKE '%\"dbos_llama\"%'"
+                "WHERE destination_uuid IN :ids"
+                + (" AND message LIKE '%\"dbos_llama\"%'" if envelopes_only else "")
             ).bindparams(sa.bindparam("ids", expanding=True))
             return int(c.execute(query, {"ids": list(run_ids)}).scalar_one())
     finally:
