@@ -8,9 +8,10 @@ One fan step sends W items with ``ctx.send_event``, a worker step (``num_workers
 squares each, a collector (``collect_events``) sums them: 1 + 2W step invocations per run.
 floor-b runs the same 1 + 2W invocations as child ``@DBOS.workflow`` calls with the same
 concurrency (`bench/fanout_flows.py`). Runs are interleaved (floor-b, dbos_llama, plain),
-median of ``--repeat``; each backend in its own process. ``llama-agents-dbos`` runs in its
-own virtualenv when it exists (``bench/setup_alternative.sh``). Writes ``fanout.md`` and
-``fanout.json`` to ``--out`` (default ``bench/results``).
+median of ``--repeat`` (more below ``--scale-below`` items: `runs_for`); each backend in
+its own process. ``llama-agents-dbos`` runs in its own virtualenv when it exists
+(``bench/setup_alternative.sh``). Writes ``fanout.md`` and ``fanout.json`` to ``--out``
+(default ``bench/results``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,24 @@ async def collector_invocations(run_id: str) -> int:
     return len(await DBOS.list_workflows_async(workflow_id_prefix=f"{run_id}/collect/"))
 
 
-async def sweep_backend(backend_name: str, widths: list[int], workers: list[int], repeat: int):
+#: Fan-outs narrower than this get proportionally more runs (``--scale-below``).
+SCALE_BELOW = 64
+
+
+def runs_for(width: int, repeat: int, scale_below: int = SCALE_BELOW) -> int:
+    """Interleaved runs at ``width``: ``repeat``, more for fan-outs narrower than
+    ``scale_below``, whose runs last a few hundred milliseconds and vary more (24 at
+    W = 8 for ``repeat`` 3)."""
+    return max(repeat, repeat * scale_below // width)
+
+
+async def sweep_backend(
+    backend_name: str,
+    widths: list[int],
+    workers: list[int],
+    repeat: int,
+    scale_below: int = SCALE_BELOW,
+):
     sys.path.insert(0, str(ROOT))
     from dbos import DBOS
 
@@ -110,7 +128,7 @@ async def sweep_backend(backend_name: str, widths: list[int], workers: list[int]
                 rows: dict[str, list[int]] = {k: [] for k in flows}
                 peaks: dict[str, list[float]] = {k: [] for k in flows}
                 collects: list[int] = []
-                for _ in range(repeat):
+                for _ in range(runs_for(width, repeat, scale_below)):
                     for impl, flow in flows.items():
                         before = backend.rows()
                         run_id = uuid.uuid4().hex
@@ -126,7 +144,12 @@ async def sweep_backend(backend_name: str, widths: list[int], workers: list[int]
                         peaks[impl].append(peak.mb)
                         if impl == "dbos_llama":
                             collects.append(await collector_invocations(run_id))
-                row = {"backend": backend_name, "width": width, "workers": n}
+                row = {
+                    "backend": backend_name,
+                    "width": width,
+                    "workers": n,
+                    "runs": runs_for(width, repeat, scale_below),
+                }
                 for impl in flows:
                     median = statistics.median(times[impl])
                     row[impl] = {
@@ -137,6 +160,9 @@ async def sweep_backend(backend_name: str, widths: list[int], workers: list[int]
                     }
                 row["collector_invocations"] = statistics.median(collects)
                 row["x_floor_b"] = row["dbos_llama"]["ms_per_run"] / row["floor-b"]["ms_per_run"]
+                # The floor plus what LlamaIndex's own runtime costs in process.
+                with_plain = row["floor-b"]["ms_per_run"] + row["plain"]["ms_per_run"]
+                row["x_floor_b_plus_plain"] = row["dbos_llama"]["ms_per_run"] / with_plain
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
@@ -183,26 +209,30 @@ def report(rows: list[dict[str, Any]], alt: dict[str, Any], repeat: int) -> str:
         "",
         f"{date.today()} · {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()} · dbos {version('dbos')} · llama-index-workflows "
-        f"{version('llama-index-workflows')} · median of {repeat} interleaved runs",
+        f"{version('llama-index-workflows')} · median of interleaved runs ({repeat}, more"
+        " for narrow fan-outs: the runs column)",
         "",
         "One fan step sends W items, `num_workers` workers square them, a `collect_events`"
         " step sums them: 1 + 2W step invocations. floor-b makes the same invocations as"
         " child DBOS workflows with the same concurrency. ms per invocation; rows written per"
         " item; peak RSS above the level before the run; collector invocations per run"
-        " (W for an uninterrupted plain run).",
+        " (W for an uninterrupted plain run). x (floor-b + plain) adds to the floor what"
+        " LlamaIndex's own runtime costs for the same run in process (the plain column).",
         "",
-        "| backend | W | workers | plain ms | floor-b ms | dbos_llama ms | x floor-b "
+        "| backend | W | workers | runs | plain ms | floor-b ms | dbos_llama ms | x floor-b "
+        "| x (floor-b + plain) "
         "| llama-agents-dbos ms | rows/item floor-b | rows/item dbos_llama "
         "| peak RSS MB floor-b / dbos_llama | collector calls |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         a = (alt.get(r["backend"]) or {}).get(f"{r['width']}x{r['workers']}")
         alt_ms = f"{a['ms_per_invocation']:.2f}" if a else "–"
         lines.append(
-            f"| {r['backend']} | {r['width']} | {r['workers']} "
+            f"| {r['backend']} | {r['width']} | {r['workers']} | {r.get('runs', repeat)} "
             f"| {r['plain']['ms_per_invocation']:.2f} | {r['floor-b']['ms_per_invocation']:.2f} "
-            f"| {r['dbos_llama']['ms_per_invocation']:.2f} | {r['x_floor_b']:.2f} | {alt_ms} "
+            f"| {r['dbos_llama']['ms_per_invocation']:.2f} | {r['x_floor_b']:.2f} "
+            f"| {r.get('x_floor_b_plus_plain', float('nan')):.2f} | {alt_ms} "
             f"| {r['floor-b']['rows_per_item']:.1f} | {r['dbos_llama']['rows_per_item']:.1f} "
             f"| {r['floor-b']['peak_rss_mb']:.1f} / {r['dbos_llama']['peak_rss_mb']:.1f} "
             f"| {r['collector_invocations']:.0f} |"
@@ -219,6 +249,7 @@ def main() -> None:
     parser.add_argument("--widths", nargs="+", type=int, default=None)
     parser.add_argument("--workers", nargs="+", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale-below", type=int, default=SCALE_BELOW)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a backend, in this process
     parser.add_argument("--skip-alternative", action="store_true")
@@ -228,13 +259,14 @@ def main() -> None:
 
     widths, workers = args.widths or list(WIDTHS), args.workers or list(WORKERS)
     if args.one:
-        rows = asyncio.run(sweep_backend(args.one, widths, workers, args.repeat))
+        rows = asyncio.run(sweep_backend(args.one, widths, workers, args.repeat, args.scale_below))
         print(json.dumps(rows))
         return
     rows, alt = [], {}
     for backend in args.backends:
         out = subprocess.run(
             [sys.executable, "-m", "bench.fanout", "--one", backend, "--repeat", str(args.repeat)]
+            + ["--scale-below", str(args.scale_below)]
             + ["--widths", *map(str, widths), "--workers", *map(str, workers)],
             stdout=subprocess.PIPE,
             text=True,
