@@ -15,7 +15,8 @@ memory, the behaviour before idle release; a durable run with
 2. restart: a new worker on the same database; measured: ``DBOS.launch()`` until
    a new run (one step) has finished ("ready for new work"), and RSS once settled.
 3. drain: that worker answers all N (``DurableClient.send_event``, or
-   ``send_events`` of ``--send-batch`` N at a time; raw DBOS: ``DBOS.send``);
+   ``send_events`` of ``--send-batch`` N at a time; raw DBOS: ``DBOS.send``), or
+   with ``--sender separate`` a front-end process does (raw: ``DBOSClient.send``);
    measured: until every run has finished.
 
 Median of R repetitions; writes ``bench/results/idle.{json,md}``.
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS, DBOSClient, SetWorkflowID
 from workflows import Workflow, step
 from workflows.events import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 
@@ -204,24 +205,20 @@ async def restart_and_drain(url: str, impl: str, runs: int) -> dict[str, float]:
         stable = stable + 1 if abs(now - last) < 2 else 0
         last = now
     settled_rss = last
+    sender = None
+    if os.environ.get("BENCH_SENDER") == "separate":
+        # A front end answers: its sends do not share the worker's interpreter.
+        sender = spawn("send", url, impl, runs)
+        assert sender.stdout is not None
+        assert sender.stdout.readline().strip() == "SENDING", sender.stderr
     start = time.perf_counter()
-    if impl == "raw":
-        for i in range(runs):
-            await DBOS.send_async(f"{impl}-{i}", "yes", "answer")
-    else:
-        batch = int(os.environ.get("BENCH_SEND_BATCH", "1"))
-        answer = HumanResponseEvent(response="yes")
-        async with DurableClient(url) as client:
-            for first in range(0, runs, batch):
-                ids = [f"{impl}-{i}" for i in range(first, min(first + batch, runs))]
-                if batch == 1:
-                    await client.send_event(ids[0], answer)
-                else:
-                    await client.send_events([(run_id, answer) for run_id in ids])
-    sent = time.perf_counter() - start
+    if sender is None:
+        sent = await answer_all(url, impl, runs, use_client=impl != "raw")
     while finished_runs(url, impl) < runs:
         await asyncio.sleep(0.2)
     drain = time.perf_counter() - start
+    if sender is not None:
+        sent = (await asyncio.to_thread(result_of, sender, "send"))["send_seconds"]
     return {
         "launch_seconds": launched,
         "ready_seconds": ready,
@@ -231,8 +228,42 @@ async def restart_and_drain(url: str, impl: str, runs: int) -> dict[str, float]:
     }
 
 
+async def answer_all(url: str, impl: str, runs: int, use_client: bool) -> float:
+    """Answer every run (raw: ``DBOS.send``, or a `DBOSClient`'s outside DBOS);
+    returns the seconds the sends took."""
+    start = time.perf_counter()
+    if impl == "raw":
+        if use_client:
+            client = DBOSClient(system_database_url=url)
+            try:
+                for i in range(runs):
+                    await client.send_async(f"{impl}-{i}", "yes", "answer")
+            finally:
+                client.destroy()
+        else:
+            for i in range(runs):
+                await DBOS.send_async(f"{impl}-{i}", "yes", "answer")
+        return time.perf_counter() - start
+    batch = int(os.environ.get("BENCH_SEND_BATCH", "1"))
+    answer = HumanResponseEvent(response="yes")
+    async with DurableClient(url) as durable_client:
+        for first in range(0, runs, batch):
+            ids = [f"{impl}-{i}" for i in range(first, min(first + batch, runs))]
+            if batch == 1:
+                await durable_client.send_event(ids[0], answer)
+            else:
+                await durable_client.send_events([(run_id, answer) for run_id in ids])
+    return time.perf_counter() - start
+
+
+async def send(url: str, impl: str, runs: int) -> dict[str, float]:
+    """The front end that answers every run from its own process."""
+    print("SENDING", flush=True)
+    return {"send_seconds": await answer_all(url, impl, runs, use_client=True)}
+
+
 def child(phase: str, url: str, impl: str, runs: int) -> None:
-    work = {"fill": fill, "submit": submit, "restart": restart_and_drain}[phase]
+    work = {"fill": fill, "submit": submit, "restart": restart_and_drain, "send": send}[phase]
 
     async def then_die() -> None:
         figures = await work(url, impl, runs)
@@ -286,9 +317,16 @@ def main() -> None:
         default=1,
         help="answers per DurableClient call: 1 = send_event each, N = send_events of N",
     )
+    parser.add_argument(
+        "--sender",
+        choices=("worker", "separate"),
+        default="worker",
+        help="who answers: the restarted worker itself, or a separate front-end process",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where idle.{json,md} go")
     args = parser.parse_args()
     os.environ["BENCH_SEND_BATCH"] = str(args.send_batch)  # read by the drain's process
+    os.environ["BENCH_SENDER"] = args.sender
     found: dict[str, dict[str, dict[str, float]]] = {}
     for backend_name in args.backends.split(","):
         for impl in args.impls.split(","):
@@ -302,11 +340,13 @@ def main() -> None:
         "repeat": args.repeat,
         "idle_release": IDLE_SECONDS,
         "send_batch": args.send_batch,
+        "sender": args.sender,
     }
     previous = args.out / "idle.json"
     if previous.exists():  # a run of one backend keeps the other's figures
         kept = json.loads(previous.read_text())
-        if (kept.get("runs"), kept.get("idle_release")) == (args.runs, IDLE_SECONDS):
+        same = (kept.get("runs"), kept.get("idle_release"), kept.get("sender", "worker"))
+        if same == (args.runs, IDLE_SECONDS, args.sender):
             report.update({k: v for k, v in kept.items() if k in ("sqlite", "postgres")})
     report.update(found)
     args.out.mkdir(exist_ok=True)
@@ -323,6 +363,11 @@ def markdown(report: dict[str, Any]) -> str:
             "answered with one `send_event` each."
             if report.get("send_batch", 1) == 1
             else f"answered with `send_events` of {report['send_batch']} at a time."
+        )
+        + (
+            " Answers sent by a separate front-end process (raw: a `DBOSClient`)."
+            if report.get("sender") == "separate"
+            else " Answers sent by the worker itself."
         ),
         "",
         "| backend | runs | RSS waiting (MB) | KB per run | restart: ready (s) | RSS after "

@@ -35,6 +35,7 @@ from ._runtime import dbos_runtime
 from ._serialization import storable_outputs, storable_retry
 from ._snapshots import forget_ticks
 from ._step_workflows import StepOutcome
+from .errors import RecordedByNewerLibraryError
 
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
@@ -72,6 +73,7 @@ def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
             # process): a fork onto other code carries its version.
             version = await binding.recorded_version(run_id, version)
         await binding.hold_if_other_version(run_id, version)
+        await _hold_if_rules_unknown(binding.name, run_id, rules)
         workflow = run.instance = run.instance or await binding.instance_for(run_id)
         run.start_clock(started_at, live)
         run.idle_release, run.queue_name = binding.idle_release, binding.queue
@@ -304,6 +306,21 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         return outputs
 
     return call_step
+
+
+async def _hold_if_rules_unknown(name: str, run_id: str, rules: int) -> None:
+    """Never replay a run recorded under decision rules newer than this version's (a
+    worker not yet upgraded, in a rolling deploy): log it and leave it PENDING."""
+    if rules <= DECISION_RULES:
+        return
+    error = RecordedByNewerLibraryError(
+        f"Run {run_id!r} of durable workflow {name!r} was recorded by a newer dbos_llama "
+        f"(decision rules {rules}; this one knows up to {DECISION_RULES}). It is not "
+        "replayed here: upgrade this worker's dbos_llama, or let an upgraded worker "
+        "recover it."
+    )
+    logger.error("%s It stays PENDING.", error)
+    await asyncio.Event().wait()
 
 
 def _rerun_of(

@@ -79,7 +79,11 @@ class Decisions:
             self._waits += 1
             return WaitForNextTaskResult(tasks[pull], started)
         collector_first = len(collecting) == 1 and pull is not None and self._run.rules >= 2
-        if self._then and not (self._keeps_then(collector_first) and collecting):
+        if self._keeps_then(collector_first):
+            # The collector goes first (below): the rest of the choice waits, without
+            # the collector's own key if the choice saw it finished too.
+            self._then = [key for key in self._then if key != named[collecting[0]].key]
+        elif self._then:
             index = self._recorded_next(named, collecting)
             if index is not None:
                 self._waits += 1

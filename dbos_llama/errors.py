@@ -62,6 +62,11 @@ class VersionMismatchError(DurableError):
     """A run was recorded by a different version of the workflow's code."""
 
 
+class RecordedByNewerLibraryError(DurableError):
+    """A run was recorded by a newer dbos_llama, with decision rules this version does
+    not know: it is not replayed here (it stays PENDING for an upgraded worker)."""
+
+
 class RunConflictError(DurableError):
     """A run ID is already used by a run of another workflow."""
 

@@ -232,3 +232,80 @@ async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str
     # Rules 2 drop the rest of a choice once the collector starts: the second of the
     # three needs a choice of its own (the last, alone beside the mailbox, needs none).
     assert _decisions(earlier_steps) == _decisions(steps) + 1
+
+
+class Half(Event):
+    total: int
+
+
+class TwoCollectors(Workflow):
+    """Two collecting steps take the same events; a third collects their totals."""
+
+    @step
+    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
+        for i in range(4):
+            ctx.send_event(Item(i=i))
+        return None
+
+    @step(num_workers=4)
+    async def work(self, ev: Item) -> Done:
+        await asyncio.sleep(0 if ev.i == 0 else 0.2)
+        return Done(value=ev.i)
+
+    @step
+    async def sum_a(self, ctx: Context, ev: Done) -> Half | None:
+        collector_calls.setdefault(id(self), []).append(ev.value)
+        await asyncio.sleep(0.3 if ev.value == 0 else 0.01)
+        got = ctx.collect_events(ev, [Done] * 4, buffer_id="a")
+        return None if got is None else Half(total=sum(e.value for e in got))
+
+    @step
+    async def sum_b(self, ctx: Context, ev: Done) -> Half | None:
+        collector_calls.setdefault(id(self), []).append(100 + ev.value)
+        await asyncio.sleep(0.3 if ev.value == 0 else 0.01)
+        got = ctx.collect_events(ev, [Done] * 4, buffer_id="b")
+        return None if got is None else Half(total=10 * sum(e.value for e in got))
+
+    @step
+    async def end(self, ctx: Context, ev: Half) -> StopEvent | None:
+        got = ctx.collect_events(ev, [Half] * 2)
+        return None if got is None else StopEvent(result=sorted(h.total for h in got))
+
+
+DurableTwoCollectors = durable(TwoCollectors, name="tests.fanout.TwoCollectors")
+
+
+async def test_two_collecting_steps_on_the_same_events_run_once_per_event(
+    dbos_app: str,
+) -> None:
+    """Two collectors running at once race as any steps do (one recorded choice each);
+    each still runs exactly once per collected event."""
+    flow = DurableTwoCollectors(timeout=30)
+    assert await flow.run(run_id="two-collectors") == [6, 60]
+    assert sorted(collector_calls.pop(id(flow))) == [0, 1, 2, 3, 100, 101, 102, 103]
+
+
+async def test_a_run_recorded_under_newer_decision_rules_is_not_replayed(
+    dbos_app: str, caplog
+) -> None:
+    """A worker that has not been upgraded yet (rolling deploy) never replays a run
+    recorded under decision rules it does not know: an ERROR line, and the run stays
+    PENDING with nothing recorded, for an upgraded worker."""
+    from dbos import SetWorkflowID
+
+    from dbos_llama._bodies import DECISION_RULES
+    from dbos_llama._registry import binding_of
+
+    binding = binding_of(DurablePipeline)
+    DurablePipeline(timeout=30)
+    with SetWorkflowID("rules-newer"):
+        await DBOS.start_workflow_async(
+            binding.run_function, StartEvent(), binding.version, time.time(), DECISION_RULES + 1
+        )
+    await asyncio.sleep(1.0)
+    status = await DBOS.get_workflow_status_async("rules-newer")
+    assert status is not None and status.status == "PENDING"
+    assert await DBOS.list_workflow_steps_async("rules-newer") == []
+    assert "recorded by a newer dbos_llama" in caplog.text
+    assert f"this one knows up to {DECISION_RULES}" in caplog.text
+    await DBOS.cancel_workflow_async("rules-newer")
