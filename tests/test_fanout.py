@@ -170,8 +170,8 @@ async def test_a_step_that_sends_in_a_long_loop_carries_its_events(dbos_app: str
     assert messages_to(dbos_app, "burst", envelopes_only=False) <= 1
 
 
-class Together(Workflow):
-    """Three workers finish while the first collector invocation still runs."""
+class FourItems(Workflow):
+    """Four items; the first worker returns at once, the other three 0.2 s later."""
 
     @step
     async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
@@ -183,6 +183,10 @@ class Together(Workflow):
     async def work(self, ev: Item) -> Done:
         await asyncio.sleep(0 if ev.i == 0 else 0.2)
         return Done(value=ev.i)
+
+
+class Together(FourItems):
+    """Three workers finish while the first collector invocation still runs."""
 
     @step
     async def collect(self, ctx: Context, ev: Done) -> StopEvent | None:
@@ -238,19 +242,8 @@ class Half(Event):
     total: int
 
 
-class TwoCollectors(Workflow):
+class TwoCollectors(FourItems):
     """Two collecting steps take the same events; a third collects their totals."""
-
-    @step
-    async def fan(self, ctx: Context, ev: StartEvent) -> Item | None:
-        for i in range(4):
-            ctx.send_event(Item(i=i))
-        return None
-
-    @step(num_workers=4)
-    async def work(self, ev: Item) -> Done:
-        await asyncio.sleep(0 if ev.i == 0 else 0.2)
-        return Done(value=ev.i)
 
     @step
     async def sum_a(self, ctx: Context, ev: Done) -> Half | None:
