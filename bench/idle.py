@@ -162,7 +162,9 @@ async def fill(url: str, impl: str, runs: int) -> dict[str, float]:
     await DBOS.register_queue_async(
         QUEUES[impl], worker_concurrency=CONCURRENCY[impl], polling_interval_sec=0.1
     )
-    KEPT(timeout=None), RELEASED(timeout=None)  # the instances queued runs execute on
+    # The instances queued runs execute on, kept referenced: a dropped instance is
+    # collected, and a run would execute on a default one (timeout=45).
+    _instances = (KEPT(timeout=None), RELEASED(timeout=None))
     await PROBE(timeout=None).run(run_id="warm-up")  # code paths loaded before the baseline
     gc.collect()
     baseline = rss_mb()
@@ -194,7 +196,7 @@ async def restart_and_drain(url: str, impl: str, runs: int) -> dict[str, float]:
     DBOS(config=config(url))
     DBOS.launch()
     launched = time.perf_counter() - began
-    KEPT(timeout=None), RELEASED(timeout=None)  # the instances recovered runs execute on
+    _instances = (KEPT(timeout=None), RELEASED(timeout=None))  # recovered runs execute on them
     assert await PROBE(timeout=None).run(run_id="probe") == "ready"
     ready = time.perf_counter() - began
     # Settled: the recovered runs are back at their receive (RSS stable for 3 s).

@@ -91,7 +91,7 @@ async def test_a_run_recorded_before_carried_events_sends_messages(dbos_app: str
     from dbos_llama._registry import binding_of
 
     binding = binding_of(DurablePipeline)
-    DurablePipeline(timeout=30)  # the instance its run uses
+    _instance = DurablePipeline(timeout=30)  # the instance its run uses
     with SetWorkflowID("rules-1"):
         handle = await DBOS.start_workflow_async(
             binding.run_function, StartEvent(), binding.version, time.time()
@@ -290,7 +290,7 @@ async def test_a_run_recorded_under_newer_decision_rules_is_not_replayed(
     from dbos_llama._registry import binding_of
 
     binding = binding_of(DurablePipeline)
-    DurablePipeline(timeout=30)
+    _instance = DurablePipeline(timeout=30)  # the instance its run uses
     with SetWorkflowID("rules-newer"):
         await DBOS.start_workflow_async(
             binding.run_function, StartEvent(), binding.version, time.time(), DECISION_RULES + 1
