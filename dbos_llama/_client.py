@@ -22,7 +22,7 @@ from ._handover import hand_over
 from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
 from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
-from ._records import CANCELLED, PENDING, SUCCESS, step_rows
+from ._records import CANCELLED, PENDING, SUCCESS, dbos_statuses, step_rows
 from ._release import RELEASED_STATES, Releases, keep_following, wait_while_released
 from ._run_info import RunInfo, StreamEntry, run_info
 from ._send import Outbox, check_destinations
@@ -59,7 +59,11 @@ class DurableClient:
         )
         self._sqlite = system_database_url.startswith("sqlite")
         # Runs released from memory while they wait (`@durable(idle_release=...)`).
-        self._releases = Releases(system_database_url, self._dbos.resume_workflow, self._status)
+        self._releases = Releases(
+            system_database_url,
+            self._dbos.resume_workflow,
+            functools.partial(dbos_statuses, self._dbos.list_workflows),
+        )
         self._outbox = Outbox(self._dbos, self._releases)
 
     async def __aenter__(self) -> DurableClient:
@@ -72,12 +76,6 @@ class DurableClient:
         """Release the client's database connections."""
         self._dbos.destroy()
         self._releases.table.dispose()
-
-    def _status(self, run_id: str) -> str | None:
-        found = self._dbos.list_workflows(
-            workflow_ids=[run_id], load_output=False, load_input=False
-        )
-        return found[0].status if found else None
 
     async def _infos(self, statuses: list[WorkflowStatus]) -> list[RunInfo]:
         """`RunInfo`s of the durable runs among ``statuses``; released runs read as

@@ -9,7 +9,7 @@ sets are built from `dbos.WorkflowStatusString`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,6 +32,13 @@ TERMINAL = frozenset(
 #: waiting to run, or cancelled (one cancelled while the run executes here still
 #: runs until the run notices; a resume executes it again).
 UNFINISHED = frozenset({PENDING, ENQUEUED, DELAYED, CANCELLED})
+
+
+def dbos_statuses(list_workflows: Callable[..., Any], run_ids: list[str]) -> dict[str, str]:
+    """The DBOS status of each of ``run_ids`` that exists, in one query
+    (``list_workflows`` of `DBOS` or of a `DBOSClient`; no inputs or outputs read)."""
+    found = list_workflows(workflow_ids=run_ids, load_input=False, load_output=False)
+    return {status.workflow_id: status.status for status in found}
 
 
 class Choice(NamedTuple):

@@ -211,20 +211,25 @@ class ReleaseTable(SystemTable):
 class Releases:
     """Release and wake-up of runs on one system database: ``resume`` is the DBOS
     call that continues a workflow (`DBOS.resume_workflow` in a worker, the
-    `DBOSClient`'s in a client), ``status`` reads a workflow's DBOS status."""
+    `DBOSClient`'s in a client), ``statuses`` reads workflows' DBOS statuses in one
+    query (`dbos_statuses`)."""
 
     def __init__(
         self,
         url: str,
         resume: Callable[..., Any],
-        status: Callable[[str], str | None],
+        statuses: Callable[[list[str]], dict[str, str]],
     ) -> None:
         self.table = ReleaseTable(url)
         self._resume = resume
-        #: The DBOS status of a workflow by ID (None if there is none).
-        self.status = status
+        #: The DBOS statuses of workflows by ID (those that exist).
+        self.statuses = statuses
         #: Callers awaiting released runs until they wake up.
         self.watch = WakeWatch(self)
+
+    def status(self, run_id: str) -> str | None:
+        """The DBOS status of a workflow (None if there is none)."""
+        return self.statuses([run_id]).get(run_id)
 
     def wake(self, run_id: str) -> bool:
         """Resume the run if it is released and this call claims it (True then)."""
@@ -282,9 +287,15 @@ class Releases:
         table = self.table
         if not table.present():
             return 0
-        for row in table.due():
+        rows = table.due()
+        # One query for every row's status (a backlog of woken runs waiting in their
+        # queue keeps up to `due`'s limit of rows due at each pass).
+        statuses = self.statuses([str(row["run_id"]) for row in rows]) if rows else {}
+        for row in rows:
             run_id, state = str(row["run_id"]), str(row["state"])
-            status = self.status(run_id)
+            status = statuses.get(run_id)
+            if status == CANCELLED and state in ("releasing", "waking"):
+                status = self.status(run_id)  # read again just before acting on it
             if state == "released":
                 woken += self.wake(run_id)
             elif status is None or status in TERMINAL and status != CANCELLED:
@@ -357,15 +368,16 @@ class WakeWatch:
 
     def _woken(self, run_ids: list[str]) -> list[str]:
         states = self._releases.table.states(run_ids)
-        woken = []
-        for run_id in run_ids:
-            state = states.get(run_id)
-            if state in ("releasing", "released"):
-                continue
-            if state == "waking" and self._releases.status(run_id) == CANCELLED:
-                continue  # claimed, not resumed yet (or its claimer died: the sweep)
-            woken.append(run_id)
-        return woken
+        claimed = [run_id for run_id in run_ids if states.get(run_id) == "waking"]
+        statuses = self._releases.statuses(claimed) if claimed else {}
+        # Not woken: released, or claimed and not resumed yet (or its claimer died:
+        # the sweep resumes it).
+        return [
+            run_id
+            for run_id in run_ids
+            if states.get(run_id) not in ("releasing", "released")
+            and statuses.get(run_id) != CANCELLED
+        ]
 
 
 async def wait_while_released(releases: Releases | None, run_id: str) -> bool:

@@ -13,16 +13,15 @@ from dbos import DBOS, DBOSClient
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
-from ._records import PENDING, step_rows
+from ._records import PENDING, dbos_statuses, step_rows
 from ._run_state import RunState
 from ._send import Outbox
 
 logger = logging.getLogger("dbos_llama")
 
 
-def _dbos_status(run_id: str) -> str | None:
-    status = DBOS.get_workflow_status(run_id)
-    return None if status is None else status.status
+def _dbos_statuses(run_ids: list[str]) -> dict[str, str]:
+    return dbos_statuses(DBOS.list_workflows, run_ids)
 
 
 _local: list[tuple[str, _release.Releases, Outbox]] = []
@@ -53,7 +52,7 @@ def _local_parts() -> tuple[_release.Releases, Outbox] | None:
         # DBOS was launched anew on another database: that one's connections go.
         for _, previous, _outbox in _local:
             previous.table.dispose()
-        releases = _release.Releases(url, DBOS.resume_workflow, _dbos_status)
+        releases = _release.Releases(url, DBOS.resume_workflow, _dbos_statuses)
         # DBOS's send in the outbox's own transactions, on the releases' engine.
         client = DBOSClient(
             system_database_engine=releases.table.engine,
