@@ -230,8 +230,10 @@ class Decisions:
                 )
             finally:
                 arrived.cancel()
-            if done or (left is not None and left <= idle_release):
-                break  # its event came, or its deadline comes first
+            if done or pull.done() or self._mailbox.arrived.is_set():
+                break  # its event came (perhaps in the turn the window ended)
+            if left is not None and left <= idle_release:
+                break  # its deadline comes first
             wake_in = None if left is None else left - idle_release
             # Raises Released; returns if the release could not be recorded (the
             # database briefly away), and is tried again after another idle spell.

@@ -280,3 +280,39 @@ async def test_an_answer_taken_during_the_release_is_not_lost(
     async with DurableClient(dbos_app) as client:
         steps = [s.step for s in await client.steps("idle-race")]
     assert steps.count("ask") == 1
+
+
+async def test_an_answer_that_arrives_as_the_idle_window_ends_is_not_lost(
+    dbos_app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mailbox takes the answer in the same turn of the event loop as the idle
+    window ends (found by a 2,000-run drain: 2 runs were released with their answer
+    consumed and never woken): the run is not released; it goes on with its answer."""
+    import dbos_llama._decisions as decisions
+
+    injected: list[bool] = []
+
+    class ArrivalAtTheDeadline:
+        """``asyncio`` for the decision engine, whose idle wait ([pull, arrival], with
+        a timeout) times out in the turn the arrival comes."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def wait(self, fs: Any, *, timeout: Any = None, return_when: Any = None) -> Any:
+            fs = list(fs)
+            if injected or timeout is None or len(fs) != 2:
+                return await asyncio.wait(fs, timeout=timeout, return_when=return_when)
+            injected.append(True)
+            async with DurableClient(dbos_app) as client:
+                await client.send_event("idle-arrival", HumanResponseEvent(response="late"))
+            await asyncio.wait([fs[1]])  # the mailbox holds the answer now...
+            return set(), set(fs)  # ...and the window ended as it came
+
+    monkeypatch.setattr(decisions, "asyncio", ArrivalAtTheDeadline())
+    handler = IdleApproval(timeout=None).run(run_id="idle-arrival", customer="kim")
+    assert await asyncio.wait_for(handler, 30) == "answer=late"
+    assert injected
+    async with DurableClient(dbos_app) as client:
+        steps = [s.step for s in await client.steps("idle-arrival")]
+    assert steps.count("ask") == 1
