@@ -68,10 +68,14 @@ class PeakRss:
 
 
 async def collector_invocations(run_id: str) -> int:
-    """Child workflows of the collector step recorded for one durable run."""
+    """Invocations of the collector step recorded for one durable run (child workflows,
+    or records in the run's own workflow under decision rules 4)."""
     from dbos import DBOS
 
-    return len(await DBOS.list_workflows_async(workflow_id_prefix=f"{run_id}/collect/"))
+    from dbos_llama._history import step_calls
+
+    calls = step_calls(await DBOS.list_workflow_steps_async(run_id))
+    return sum(1 for call in calls if call.step == "collect")
 
 
 #: Fan-outs narrower than this get proportionally more runs (``--scale-below``).

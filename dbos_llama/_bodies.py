@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +15,14 @@ from workflows.events import Event, StartEvent, StopEvent
 from workflows.runtime.types.internal_state import BrokerState
 from workflows.runtime.types.results import (
     RetryAttempt,
-    StepWorkerFailed,
     StepWorkerOutput,
     StepWorkerState,
 )
 
 from . import _registry, _tracing
 from ._adapters import cancel_run_by_id
-from ._carry import end_sends
-from ._context import Invocation, invocation_var, outside_workflow, run_id_var
+from ._context import Invocation, outside_workflow, run_id_var
+from ._inline import call_inline
 from ._lease import generation_var, lease
 from ._patches import seed_edit
 from ._records import CANCELLED, step_rows
@@ -32,8 +30,9 @@ from ._registry import DurableBinding
 from ._release_run import finish_release, sweeper, take_up
 from ._run_state import RunState, StreamMoved, forget_run, run_state
 from ._runtime import dbos_runtime
-from ._serialization import storable_outputs, storable_retry
+from ._serialization import storable_retry
 from ._snapshots import forget_ticks
+from ._step_code import run_step_code
 from ._step_workflows import StepOutcome
 from .errors import RecordedByNewerLibraryError
 
@@ -46,8 +45,10 @@ logger = logging.getLogger("dbos_llama")
 
 #: The decision rules a new run records with its input (runs recorded before it existed
 #: replay with 1): 2 lets a collecting step race the mailbox alone, 3 keeps the rest of
-#: a recorded choice while a collecting step goes first (`_decisions`).
-DECISION_RULES = 3
+#: a recorded choice while a collecting step goes first (`_decisions`), 4 runs a
+#: collecting step's invocations in the run's own workflow while it runs alone
+#: beside the mailbox (`_inline`).
+DECISION_RULES = 4
 
 
 def make_run_body(binding: DurableBinding) -> Callable[..., Any]:
@@ -207,47 +208,13 @@ async def _execute_step(
     """The step invocation's code, run in this process."""
     run = run_state(run_id)
     workflow = run.instance or await binding.instance_for(run_id)
-    run_token = run_id_var.set(run_id)
     # Invocations recorded before state writes were checkpoints have no such
     # input: they replay as they were recorded.
     invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits, generation=generation)
     if rerun_of is not None:
         invocation.recorded = await _recorded_calls(rerun_of)
-    await run.restore_state(workflow)
-    run.local_steps += 1
-    inv_token = invocation_var.set(invocation)
-    try:
-        inner = dbos_runtime.inner_step(workflow, step_name)
-        outputs = await inner(
-            state=state,
-            step_name=step_name,
-            event=event,
-            workflow=workflow,
-            bound_events=bound_events,
-            retry=retry,
-        )
-        run.finished_bodies.add(invocation_id)
-        if any(isinstance(getattr(o, "result", None), StopEvent) for o in outputs):
-            run.stopping = True
-        if invocation.deferred_error is not None:
-            failed = StepWorkerFailed(exception=invocation.deferred_error, failed_at=time.time())
-            outputs = [failed]
-        outputs = storable_outputs(step_name, _failures_on_run_clock(run, outputs))
-        await end_sends(run_id, invocation, outputs)
-    finally:
-        if invocation.flush_timer is not None:  # (it did not return: it runs again)
-            invocation.flush_timer.cancel()
-        invocation_var.reset(inv_token)
-        run_id_var.reset(run_token)
-        run.local_steps -= 1
-        if run.local_steps == 0 and not run.body_here and run.start_task is None:
-            # A step recovered here while its run executes elsewhere.
-            forget_run(run_id, run)
-    return StepOutcome(
-        outputs,
-        invocation.stream,
-        invocation.state,
-        run.clock_if_live(),
+    return await run_step_code(
+        run, workflow, invocation, step_name, event, state, bound_events, retry
     )
 
 
@@ -273,10 +240,17 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         invocation_id = run.next_invocation_id(step_name)
         rerun_of = _rerun_of(run.work_items, state, invocation_id)
         retry = storable_retry(retry)
-        run.inflight.add(invocation_id)
         task = asyncio.current_task()
         if task is not None:
             run.task_invocations[task] = invocation_id
+        if task in run.inline_tasks and rerun_of is None:
+            # A collecting step's invocation: in the run's own workflow (`_inline`).
+            with _tracing.step_call(run_id, invocation_id, step_name):
+                outcome = await call_inline(
+                    run, workflow, invocation_id, step_name, event, state, bound_events, retry
+                )
+            return await _took(run, workflow, invocation_id, state, task, outcome)
+        run.inflight.add(invocation_id)
         with SetWorkflowID(invocation_id), _tracing.step_call(run_id, invocation_id, step_name):
             try:
                 outcome = await step_function(
@@ -296,16 +270,29 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
                 run.inflight.discard(invocation_id)
                 raise
         run.inflight.discard(invocation_id)
-        if task is not None:
-            run.task_clocks[task] = outcome.clock
-        # The invocation may have run in another process (recovered elsewhere).
-        await run.absorb(workflow, invocation_id, outcome.state)
-        if outcome.stream and state.invocation_id is not None:
-            run.pending_stream[state.invocation_id] = outcome.stream
-        outputs: list[StepWorkerOutput] = outcome.outputs
-        return outputs
+        return await _took(run, workflow, invocation_id, state, task, outcome)
 
     return call_step
+
+
+async def _took(
+    run: RunState,
+    workflow: Workflow,
+    invocation_id: str,
+    state: StepWorkerState,
+    task: asyncio.Task[Any] | None,
+    outcome: StepOutcome,
+) -> list[StepWorkerOutput]:
+    """The outputs of a step invocation's outcome, for the control loop, after taking
+    in what it carries: its clock, state edits and stream events."""
+    if task is not None:
+        run.task_clocks[task] = outcome.clock
+    # The invocation may have run in another process (recovered elsewhere).
+    await run.absorb(workflow, invocation_id, outcome.state)
+    if outcome.stream and state.invocation_id is not None:
+        run.pending_stream[state.invocation_id] = outcome.stream
+    outputs: list[StepWorkerOutput] = outcome.outputs
+    return outputs
 
 
 async def _hold_if_rules_unknown(name: str, run_id: str, rules: int) -> None:
@@ -340,23 +327,6 @@ async def _recorded_calls(invocation_id: str) -> list[tuple[str, Any]]:
     """The durable calls an earlier invocation completed, in order: (name, output)."""
     steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, invocation_id))
     return [(row.name, row.output) for row in step_rows(steps) if row.is_replayable_call()]
-
-
-def _failures_on_run_clock(
-    run: RunState, outputs: list[StepWorkerOutput]
-) -> list[StepWorkerOutput]:
-    """Upstream stamps a step failure with the wall clock; the run's clock lags it by
-    the time the run was down (or queued), so retry delays would count that time too.
-    Put the failure on the run's clock (when the run executes here)."""
-    lag = run.live_offset()
-    if not lag:
-        return outputs
-    return [
-        o.model_copy(update={"failed_at": o.failed_at - lag})
-        if isinstance(o, StepWorkerFailed)
-        else o
-        for o in outputs
-    ]
 
 
 def _taken_over(workflow_id: str) -> dbos_error.DBOSWorkflowConflictIDError:

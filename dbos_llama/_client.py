@@ -205,7 +205,7 @@ class DurableClient:
             ```
         """
         info = await self.get_run(run_id)
-        run_steps = await self._dbos.list_workflow_steps_async(run_id, load_output=False)
+        run_steps = await self._dbos.list_workflow_steps_async(run_id)  # (inline records)
         start_step = fork_point(run_steps, run_id, from_step)
         new_id = new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:6]}"
         if await self._dbos.list_workflows_async(

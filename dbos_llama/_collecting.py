@@ -24,20 +24,24 @@ from workflows.runtime.types.ticks import TickCancelRun, TickStepResult
 #: Collecting steps seen in this process, per workflow class: a hint for the first
 #: collector of a later run (only recorded choices use hints).
 _learned: weakref.WeakKeyDictionary[type, set[str]] = weakref.WeakKeyDictionary()
-_source_hints: dict[tuple[type, str], bool] = {}
+_sources: dict[tuple[type, str], str] = {}
+
+
+def _source_of(cls: type, step: str) -> str:
+    """The step's source ("" when unknown)."""
+    key = (cls, step)
+    if key not in _sources:
+        function = getattr(cls, step, None)
+        try:
+            _sources[key] = inspect.getsource(function) if callable(function) else ""
+        except (OSError, TypeError):
+            _sources[key] = ""
+    return _sources[key]
 
 
 def _calls_collect_events(cls: type, step: str) -> bool:
     """Whether the step's source calls ``collect_events`` (False when unknown)."""
-    key = (cls, step)
-    if key not in _source_hints:
-        function = getattr(cls, step, None)
-        try:
-            source = inspect.getsource(function) if callable(function) else ""
-        except (OSError, TypeError):
-            source = ""
-        _source_hints[key] = "collect_events" in source
-    return _source_hints[key]
+    return "collect_events" in _source_of(cls, step)
 
 
 class Collectors:
@@ -71,6 +75,16 @@ class Collectors:
         return step in self.seen or (
             not named.step_id.namespace and _calls_collect_events(type(workflow), step)
         )
+
+    def inlinable(self, named: NamedTask, workflow: Any) -> bool:
+        """Whether a worker of a ``known`` collecting step may run in the run's own
+        workflow (`_inline`): not one whose source waits for an event (a re-run after
+        ``ctx.wait_for_event`` replays the calls of its earlier invocation's child),
+        nor one whose source is unknown."""
+        if not isinstance(named, WorkerTask) or named.step_id.namespace:
+            return False
+        source = _source_of(type(workflow), str(named.step_id))
+        return bool(source) and "wait_for_event" not in source
 
     def likely(self, named: NamedTask, workflow: Any) -> bool:
         """``known``, or the step collected in an earlier run of the class here."""

@@ -62,6 +62,7 @@ class Decisions:
         # IDs synchronously when it first runs, and first runs happen in FIFO order.
         started = [p.start(asyncio.create_task(p.coro)) for p in pending]
         if started:
+            self._mark_inline(running, started)
             # Let each new task run to its first DBOS call, which takes its function
             # IDs: before any checkpoint below, live and replaying alike.
             await asyncio.sleep(0)
@@ -139,6 +140,22 @@ class Decisions:
             return WaitForNextTaskResult(None, started)
         return await self._take(index, tasks, pull, started)
 
+    def _mark_inline(self, running: list[NamedTask], started: list[NamedTask]) -> None:
+        """Before the new tasks first run: a new worker of the one collecting step
+        beside the mailbox runs in the run's own workflow (`_inline`) under rules 4.
+        While it runs, this engine waits for it alone (`_collector_first`), so no
+        other task takes a DBOS function ID until it returns."""
+        if self._run.rules < 4:
+            return
+        named = [*running, *started]
+        if not any(isinstance(n, PullTask) for n in named):
+            return
+        workflow = self._run.instance
+        collecting = [n for n in named if self.collectors.known(n, workflow)]
+        if len(collecting) == 1 and collecting[0] in started:
+            if self.collectors.inlinable(collecting[0], workflow):
+                self._run.inline_tasks.add(collecting[0].task)
+
     async def _collector_first(
         self,
         number: int,
@@ -153,6 +170,10 @@ class Decisions:
         kind = run.wakes.get(number)
         if kind is None:
             left = None if timeout is None else max(0.0, timeout - run.elapsed_since_clock())
+            if collector in run.inline_tasks:
+                # Its code takes the run's function IDs: no record while it runs (a
+                # deadline that passes meanwhile is seen once it returns).
+                left = None
             kind = await collector_race(collector, pull, left)
             if kind == "timeout" and await self._step_finished(collector):
                 kind = "step"

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from . import _naming
-from ._records import StepRow, step_rows
+from ._records import SUCCESS, StepRow, step_rows
 from .errors import StepNotFoundError
 
 #: Longest summary of a value shown in a timeline or stream listing.
@@ -231,13 +231,24 @@ class _Call:
     started_ms: int | None = None
     ended_ms: int | None = None
     output: Any = None
+    #: Of an invocation run in the run's own workflow (`_inline`): the operations its
+    #: code recorded there.
+    inline_rows: list[StepRow] | None = None
 
 
 def step_calls(run_steps: Iterable[StepInfo]) -> list[_Call]:
     """The step invocations a run called, in call order, from its recorded operations
-    (each is a child-workflow call row, then a ``DBOS.getResult`` row)."""
+    (each is a child-workflow call row, then a ``DBOS.getResult`` row; or one
+    `_naming.INLINE_STEP` record after the operations of its code)."""
     calls: dict[str, _Call] = {}
-    for row in step_rows(run_steps):
+    rows = step_rows(run_steps)
+    for row in rows:
+        inline = row.inline()
+        if inline is not None:
+            inner = [r for r in rows if inline.begin < r.function_id < row.function_id]
+            call = _Call(inline.invocation_id, inline.step, inline.begin, inline.started_ms)
+            call.ended_ms, call.output, call.inline_rows = row.completed_ms, inline.outcome, inner
+            calls[inline.invocation_id] = call
         child = row.child_id
         if child is None:
             continue
@@ -247,7 +258,7 @@ def step_calls(run_steps: Iterable[StepInfo]) -> list[_Call]:
         elif child in calls and row.completed_ms is not None:
             calls[child].ended_ms = row.completed_ms
             calls[child].output = row.output
-    return list(calls.values())
+    return sorted(calls.values(), key=lambda call: call.function_id)
 
 
 def fork_point(run_steps: Iterable[StepInfo], run_id: str, from_step: str) -> int:
@@ -297,6 +308,9 @@ def timeline(
         output = call.output if call.output is not None or status is None else status.output
         inner = step_rows(inner_steps.get(call.invocation_id, []))
         attempts = status.recovery_attempts if status is not None else None
+        state: str = status.status if status is not None else "UNKNOWN"
+        if call.inline_rows is not None:  # recorded in the run's workflow: it returned
+            inner, state = call.inline_rows, SUCCESS
         gap, resumed_ms = (None, None)
         if attempts is not None and attempts > 1:
             gap, resumed_ms = _downtime(call, inner)
@@ -310,7 +324,7 @@ def timeline(
                 invocation_id=call.invocation_id,
                 step=call.step,
                 number=_naming.invocation_number(call.invocation_id),
-                status=status.status if status is not None else "UNKNOWN",
+                status=state,
                 started_at=when(call.started_ms),
                 duration=_duration(call.started_ms, call.ended_ms),
                 output=outcome_summary(output),

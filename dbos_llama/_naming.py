@@ -20,6 +20,9 @@ WAKE_STEP = "dbos_llama.wake"
 #: Name of the checkpoint recording one committed write to a run's ``ctx.store``
 #: (output: ``[seq, JSON Patch]``), inside the step invocation that made it.
 STATE_STEP = "dbos_llama.state"
+#: Name of the checkpoint recording a collecting step's invocation that ran in the
+#: run's own workflow (`_inline`); output: `_records.InlineRecord`.
+INLINE_STEP = "dbos_llama.inline"
 #: Names of the checkpoints of `dbos_llama.now()`, `random()` and `uuid4()`.
 NOW_STEP = "dbos_llama.now"
 RANDOM_STEP = "dbos_llama.random"

@@ -12,7 +12,7 @@ from workflows.context.state_store import apply_state_patch
 
 from . import _naming
 from ._lookup import imported_class
-from ._records import SUCCESS, step_rows
+from ._records import SUCCESS, StepRow, step_rows
 
 #: One journaled edit: (run-wide sequence number, JSON Patch).
 Patch = tuple[int, list[dict[str, Any]]]
@@ -94,20 +94,28 @@ class StateJournal:
         self._next_seq = max(self._next_seq, seq + 1)
 
 
-def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]:
+def recorded_edits(
+    api: Any, run_id: str, run_steps: list[StepInfo] | None = None
+) -> tuple[list[SourcedPatch], set[str]]:
     """Every committed write recorded for ``run_id``, with the invocation that made it,
     and the invocation keys of the unfinished invocations among them.
 
-    ``api`` is `DBOS` or a `DBOSClient`. A completed step invocation's result carries
-    its patches; an unfinished one (running, crashed, cancelled) has them as its
-    `_naming.STATE_STEP` checkpoints. A fork's reused invocations belong to the run it
-    was forked from: they are found through the fork's copied call records. The state
+    ``api`` is `DBOS` or a `DBOSClient`; ``run_steps``, the run's recorded operations
+    if the caller has them. A completed step invocation's result carries its
+    patches; an unfinished one (running, crashed, cancelled) has them as its
+    `_naming.STATE_STEP` checkpoints. An invocation run in the run's own workflow
+    (`_inline`) has both there: its `InlineRecord` once completed, its checkpoints
+    (naming it) until then. A fork's reused invocations belong to the run it was
+    forked from: they are found through the fork's copied call records. The state
     seeded before the run (recorded with its input) comes first (`seed_edit`).
     """
     children = list(api.list_workflows(parent_workflow_id=run_id, load_input=False))
     found = api.list_workflows(workflow_ids=[run_id], load_output=False)
-    if found and found[0].forked_from is not None:
-        reused = reused_invocation_ids(api.list_workflow_steps(run_id, load_output=False), run_id)
+    forked = bool(found) and found[0].forked_from is not None
+    if run_steps is None:
+        run_steps = list(api.list_workflow_steps(run_id))
+    if forked:
+        reused = reused_invocation_ids(run_steps, run_id)
         if reused:
             children += api.list_workflows(workflow_ids=reused, status=SUCCESS, load_input=False)
     seed = recorded_seed(found[0].input) if found else None
@@ -121,7 +129,27 @@ def recorded_edits(api: Any, run_id: str) -> tuple[list[SourcedPatch], set[str]]
             patches = checkpointed_patches(api.list_workflow_steps(child.workflow_id))
             unfinished.add(key)
         edits.extend((key, int(seq), patch) for seq, patch in patches)
+    edits.extend(_inline_edits(step_rows(run_steps), unfinished))
     return edits, unfinished
+
+
+def _inline_edits(rows: list[StepRow], unfinished: set[str]) -> list[SourcedPatch]:
+    """The writes of the invocations run in the run's own workflow (`_inline`)."""
+    edits: list[SourcedPatch] = []
+    completed: set[str] = set()
+    for row in rows:
+        record = row.inline()
+        if record is not None:
+            key = _naming.invocation_key(record.invocation_id)
+            completed.add(key)
+            state = getattr(record.outcome, "state", ())
+            edits.extend((key, int(seq), patch) for seq, patch in state)
+    for row in rows:
+        write = row.state_write()
+        if write is not None and write.key is not None and write.key not in completed:
+            edits.append((write.key, write.seq, write.patch))
+            unfinished.add(write.key)
+    return edits
 
 
 def seed_edit(payload: dict[str, Any]) -> SourcedPatch:

@@ -84,18 +84,46 @@ class Wake(NamedTuple):
 
 
 class StateWrite(NamedTuple):
-    """`_naming.STATE_STEP` output: the ``seq``-th committed write of an invocation."""
+    """`_naming.STATE_STEP` output: the ``seq``-th committed write of an invocation.
+
+    A write recorded in the run's own workflow (by an invocation run there, `_inline`)
+    also names its invocation (`_naming.invocation_key`): three items, not two.
+    """
 
     seq: int
     patch: list[Any]
+    key: str | None = None
 
     def record(self) -> list[Any]:
-        return [self.seq, self.patch]
+        if self.key is None:
+            return [self.seq, self.patch]
+        return [self.seq, self.patch, self.key]
 
     @classmethod
     def read(cls, output: Any) -> StateWrite:
-        seq, patch = output
-        return cls(int(seq), patch)
+        seq, patch, *rest = output
+        return cls(int(seq), patch, str(rest[0]) if rest else None)
+
+
+class InlineRecord(NamedTuple):
+    """`_naming.INLINE_STEP` output: a step invocation that ran in the run's own
+    workflow (`_inline`), recorded when it returned: its ID, step, the function ID it
+    reserved when it started (its durable calls and state writes took the IDs after
+    it), when it started (epoch ms) and its `StepOutcome`."""
+
+    invocation_id: str
+    step: str
+    begin: int
+    started_ms: int
+    outcome: Any
+
+    def record(self) -> list[Any]:
+        return [self.invocation_id, self.step, self.begin, self.started_ms, self.outcome]
+
+    @classmethod
+    def read(cls, output: Any) -> InlineRecord:
+        invocation_id, step, begin, started_ms, outcome = output
+        return cls(str(invocation_id), str(step), int(begin), int(started_ms), outcome)
 
 
 #: DBOS's name for a completed ``recv`` in a workflow's recorded operations.
@@ -135,6 +163,12 @@ class StepRow:
         if self.name != _naming.WAKE_STEP or self.output is None:
             return None
         return Wake.read(self.output)
+
+    def inline(self) -> InlineRecord | None:
+        """The recorded `InlineRecord`, if this row is one."""
+        if self.name != _naming.INLINE_STEP or self.error is not None or self.output is None:
+            return None
+        return InlineRecord.read(self.output)
 
     def state_write(self) -> StateWrite | None:
         """The recorded non-empty `StateWrite`, if this row is one."""

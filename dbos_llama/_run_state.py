@@ -18,7 +18,7 @@ from workflows.events import Event, StopEvent
 
 from . import _naming
 from ._patches import Patch, recorded_edits
-from ._records import CANCELLED, step_rows
+from ._records import CANCELLED, InlineRecord, step_rows
 from ._state import DurableStateStore
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class Phase(enum.Enum):
 
 
 #: The phases in which the run's body is in this process.
+#: Recorded operations that end a wait of the run's body (`load_wakes`).
+_RECORDED_WAITS = frozenset({_naming.NEXT_STEP, _naming.WAKE_STEP, _naming.INLINE_STEP})
 _BODY_HERE = frozenset({Phase.PREPARING, Phase.LIVE, Phase.REPLAYING, Phase.ENDED})
 
 
@@ -119,6 +121,12 @@ class RunState:
     wakes: dict[int, str] = field(default_factory=dict)
     # Recorded step invocation IDs by `invocation_key` (see `load_wakes`).
     recorded_children: dict[str, str] = field(default_factory=dict)
+    # Invocations recorded in the run's own workflow (`_inline`), by `invocation_key`:
+    # the record and its function ID; and the worker tasks that run one.
+    inline_records: dict[str, tuple[InlineRecord, int]] = field(default_factory=dict)
+    inline_tasks: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+    # The run's recorded operations as `load_wakes` read them (for `restore_state`).
+    _loaded_steps: list[Any] | None = None
     # The step invocation each worker task calls, and the run's clock at its end.
     task_invocations: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = field(
         default_factory=weakref.WeakKeyDictionary
@@ -209,7 +217,8 @@ class RunState:
                 # so no step of it has completed yet.
                 self.state_restored = True
             if not self.state_restored:
-                found = functools.partial(recorded_edits, DBOS, self.run_id)
+                steps, self._loaded_steps = self._loaded_steps, None
+                found = functools.partial(recorded_edits, DBOS, self.run_id, steps)
                 edits, unfinished = await outside_workflow(found)
                 self.store_for(workflow).apply_edits(edits, unfinished)
                 self.state_restored = True
@@ -271,9 +280,11 @@ class RunState:
         ones keep the IDs of the run they come from)."""
         self.wakes = {}
         self.recorded_children = {}
+        self.inline_records = {}
         if self.phase is Phase.LIVE:
             return
         steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
+        self._loaded_steps = list(steps)
         if not steps:
             # Nothing recorded yet (e.g. a queued run, dequeued): it runs live from its
             # start, and the time it waited does not count.
@@ -283,8 +294,12 @@ class RunState:
                 self._resume_real_time = None
             return
         for row in step_rows(steps):
-            if row.child_id is not None or row.name in (_naming.NEXT_STEP, _naming.WAKE_STEP):
+            if row.child_id is not None or row.name in _RECORDED_WAITS:
                 self.last_recorded_decision = max(self.last_recorded_decision, row.function_id)
+            inline = row.inline()
+            if inline is not None:
+                key = _naming.invocation_key(inline.invocation_id)  # (a fork's: reused)
+                self.inline_records[key] = (inline, row.function_id)
             wake = row.wake()
             if wake is not None:
                 self.wakes[wake.number] = wake.kind

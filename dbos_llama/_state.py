@@ -250,11 +250,13 @@ class DurableStateStore(Generic[M]):
                     self._applied.add((key, seq))
             return
         executed = False
+        # A write of an invocation run in the run's own workflow (`_inline`) names it.
+        owner = None if DBOS.workflow_id == source.invocation_id else key
 
         def record() -> list[Any]:
             nonlocal executed
             executed = True
-            return StateWrite(self._journal.take(), patch).record()
+            return StateWrite(self._journal.take(), patch, owner).record()
 
         # Every write inside a step is one checkpoint, even one that changes nothing:
         # a re-run's writes then meet their records in the same order. The record
@@ -264,7 +266,7 @@ class DurableStateStore(Generic[M]):
             recorded, cancelled = await _finish(
                 step.run_async({"name": _naming.STATE_STEP}, record)
             )
-            seq, recorded_patch = StateWrite.read(recorded)
+            seq, recorded_patch, _ = StateWrite.read(recorded)
             if recorded_patch:
                 source.state.append((seq, recorded_patch))
             if executed:

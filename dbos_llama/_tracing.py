@@ -41,6 +41,7 @@ from ._otel import (
     step_var,
 )
 from ._otel import on as _tracing_on
+from ._records import step_rows
 
 T = TypeVar("T")
 
@@ -156,11 +157,15 @@ async def _recorded_results(run_id: str) -> set[str]:
     """The step invocations whose result the run's record holds (DBOS's
     ``getResult`` of a child): a replay takes them from the record."""
     steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, run_id))
-    return {
+    taken = {
         str(row["child_workflow_id"])
         for row in steps
         if row["function_name"] == _upstream.GET_RESULT_STEP and row["child_workflow_id"]
     }
+    inline = (row.inline() for row in step_rows(steps))
+    # (A fork's copied records name the run it was forked from.)
+    own = (f"{run_id}/{_naming.invocation_key(r.invocation_id)}" for r in inline if r is not None)
+    return taken | set(own)
 
 
 def _recovered_event(attempt: int, at: int = 0) -> tuple[str, dict[str, Any], int]:
@@ -322,6 +327,42 @@ def _step_attributes(run_id: str, invocation_id: str, step: str) -> dict[str, An
     }
 
 
+async def traced_inline(run_id: str, invocation_id: str, code: Awaitable[T]) -> T:
+    """A step invocation run in the run's own workflow (`_inline`), traced as
+    `traced_step_body` traces one in its own workflow."""
+    trace = _runs.get(run_id) if _tracing_on() else None
+    if trace is None:
+        return await code
+    return await _executing(trace, invocation_id, time.time_ns(), 1, code)
+
+
+async def _executing(
+    trace: RunTrace, invocation_id: str, start_ns: int, attempt: int, code: Awaitable[T]
+) -> T:
+    """Await a step invocation's code with its span current (exported by `step_call`)."""
+    if len(_executed) >= CACHE_LIMIT:
+        _executed.clear()
+    execution = _executed[invocation_id] = _Execution(start_ns, attempt)
+    span_id = trace.child_id(invocation_id)
+    token = step_var.set(StepTrace(trace, span_id, invocation_id))
+    # LlamaIndex's span of the step: under the invocation's span, not under its
+    # span of the run in this process (which a crash would lose, leaving the
+    # exported step spans of the dead process without their parent).
+    llama_token = active_span_id.set(None)
+    try:
+        with current(trace.trace_id, span_id):
+            result = await code
+    except BaseException as error:
+        execution.error = repr(error)
+        raise
+    finally:
+        execution.end_ns = time.time_ns()
+        active_span_id.reset(llama_token)
+        step_var.reset(token)
+    execution.error = _step_failure(result)
+    return result
+
+
 def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """A step invocation's DBOS workflow body, tracing it when tracing is on: the
     invocation's span (its ID the same in every process) is current while it runs;
@@ -344,27 +385,7 @@ def traced_step_body(body: Callable[..., Awaitable[T]]) -> Callable[..., Awaitab
             # From the invocation's creation (the database's resolution may be
             # seconds: not before the run's start).
             start_ns = max(status.created_at * 1_000_000, trace.start_ns)
-        if len(_executed) >= CACHE_LIMIT:
-            _executed.clear()
-        execution = _executed[invocation_id] = _Execution(start_ns, attempt)
-        span_id = trace.child_id(invocation_id)
-        token = step_var.set(StepTrace(trace, span_id, invocation_id))
-        # LlamaIndex's span of the step: under the invocation's span, not under its
-        # span of the run in this process (which a crash would lose, leaving the
-        # exported step spans of the dead process without their parent).
-        llama_token = active_span_id.set(None)
-        try:
-            with current(trace.trace_id, span_id):
-                result = await body(*args, **kwargs)
-        except BaseException as error:
-            execution.error = repr(error)
-            raise
-        finally:
-            execution.end_ns = time.time_ns()
-            active_span_id.reset(llama_token)
-            step_var.reset(token)
-        execution.error = _step_failure(result)
-        return result
+        return await _executing(trace, invocation_id, start_ns, attempt, body(*args, **kwargs))
 
     return traced
 

@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 from dbos import DBOS, DBOSClient
 
+from dbos_llama import _naming
+from dbos_llama._records import InlineRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -190,10 +193,16 @@ def snapshot(db_url: str, run_id: str) -> Snapshot:
         )
         statuses = {w.workflow_id: w.status for w in workflows}
         calls: dict[str, list[Any]] = {}
-        for wid in statuses:
+        for wid in list(statuses):
             for st in client.list_workflow_steps(wid):
                 if st["error"] is None and st["child_workflow_id"] is None:
                     calls.setdefault(st["function_name"], []).append(st["output"])
+                if st["function_name"] == _naming.INLINE_STEP and st["error"] is None:
+                    # A collecting step's invocation recorded in the run (rules 4); a
+                    # record stored as JSON reads back as its text with this client.
+                    output = st["output"]
+                    record = json.loads(output) if isinstance(output, str) else output
+                    statuses[InlineRecord.read(record[:5]).invocation_id] = "SUCCESS"
         return Snapshot(statuses, calls)
     finally:
         client.destroy()

@@ -46,8 +46,12 @@ def maybe_crash(label: str) -> None:
 
 
 def step_started() -> None:
-    """Record that a step body started, under its invocation's DBOS workflow ID."""
-    mark(f"step:{DBOS.workflow_id}")
+    """Record that a step body started, under its invocation's ID (its DBOS workflow's,
+    or, for a collecting step's invocation run in the run's workflow, its own)."""
+    from dbos_llama._context import invocation_var
+
+    invocation = invocation_var.get()
+    mark(f"step:{DBOS.workflow_id if invocation is None else invocation.invocation_id}")
 
 
 @durable_step
@@ -479,6 +483,48 @@ class ReadThenWrite(Workflow):
         )
 
 
+class Part(Event):
+    i: int
+    n: int
+
+
+class PartDone(Event):
+    n: int
+    value: int
+
+
+@durable
+class Summarize(Workflow):
+    """Map, then reduce with a summary: the collector counts what it saw in the run's
+    state and, once every part is in, makes one durable call (an LLM's, say)."""
+
+    @step
+    async def split(self, ctx: Context, ev: StartEvent) -> Part | None:
+        step_started()
+        for i in range(ev.n):
+            ctx.send_event(Part(i=i, n=ev.n))
+        return None
+
+    @step(num_workers=2)
+    async def work(self, ev: Part) -> PartDone:
+        step_started()
+        return PartDone(n=ev.n, value=await square(ev.i))
+
+    @step
+    async def gather(self, ctx: Context, ev: PartDone) -> StopEvent | None:
+        step_started()
+        seen = await ctx.store.get("seen", default=0) + 1
+        await ctx.store.set("seen", seen)
+        maybe_crash(f"gather:{seen}")
+        done = ctx.collect_events(ev, [PartDone] * ev.n)
+        if done is None:
+            return None
+        summary = await effect("summary")
+        maybe_crash("gather:summarized")
+        total = sum(e.value for e in done)
+        return StopEvent(result=f"{total}|{await ctx.store.get('seen')}|{summary}")
+
+
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
 
 FLOWS = {
@@ -499,6 +545,7 @@ FLOWS = {
     "rescued": Rescued,
     "timed": Timed,
     "outer": Outer,
+    "summarize": Summarize,
 }
 
 

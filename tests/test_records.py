@@ -18,6 +18,7 @@ def test_recorded_names_never_change() -> None:
     assert _naming.NEXT_STEP == "dbos_llama.next"
     assert _naming.WAKE_STEP == "dbos_llama.wake"
     assert _naming.STATE_STEP == "dbos_llama.state"
+    assert _naming.INLINE_STEP == "dbos_llama.inline"
     assert _naming.STREAM_KEY == "dbos_llama.events"
     assert _naming.VERSION_ATTR == "dbos_llama.version"
     assert _naming.HELD_ATTR == "dbos_llama.held"
@@ -117,3 +118,23 @@ def test_checkpoint_outputs_are_plain_tuples_of_the_recorded_shape() -> None:
     assert Choice.read(choice).then == ()
     assert Wake.read(wake) == Wake(3, "pull", 12.5)
     assert StateWrite.read(write) == StateWrite(4, [{"op": "add", "path": "/x", "value": 1}])
+    # A write of an invocation run in the run's own workflow names it (a third item);
+    # the two-item shape of every other write is unchanged.
+    named = StateWrite(5, [], "collect/3").record()
+    assert named == [5, [], "collect/3"] and StateWrite.read(named).key == "collect/3"
+    assert StateWrite.read(write).key is None
+
+
+def test_inline_records_are_plain_lists_around_the_step_outcome() -> None:
+    """`dbos_llama.inline` (decision rules 4): a plain list whose only class of ours is
+    `StepOutcome`, at its recorded path."""
+    from dbos_llama._records import InlineRecord
+
+    outcome = StepOutcome([], [], [], 2.0)
+    record = InlineRecord("run/collect/3", "collect", 17, 1_700_000_000_000, outcome).record()
+    assert type(record) is list
+    assert record[:4] == ["run/collect/3", "collect", 17, 1_700_000_000_000]
+    assert pickle.dumps(record).count(b"dbos_llama") == 1  # the outcome's class path
+    assert InlineRecord.read(record) == InlineRecord(
+        "run/collect/3", "collect", 17, 1_700_000_000_000, outcome
+    )
