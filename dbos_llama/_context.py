@@ -75,6 +75,18 @@ class Invocation:
         return False, None
 
 
+@dataclass
+class InlineSlot:
+    """A collecting step's worker task that runs in the run's own workflow (`_inline`):
+    what the decision engine and the invocation hand each other."""
+
+    #: The keys of the run's other worker tasks that have finished, in the order the
+    #: run takes them (asked when the invocation records its outcome).
+    finished_others: Callable[[], tuple[str, ...]]
+    #: Those keys as the invocation's record holds them, once recorded or replayed.
+    then: tuple[str, ...] = ()
+
+
 def current_run_id() -> str | None:
     """The ID of the durable run whose code is executing, or None outside one."""
     return run_id_var.get()

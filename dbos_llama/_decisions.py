@@ -8,7 +8,7 @@ from typing import Any
 
 from dbos import DBOS
 from workflows.events import StopEvent
-from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
+from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask, WorkerTask
 from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
 )
@@ -16,7 +16,7 @@ from workflows.runtime.types.ticks import TickStepResult
 
 from . import _naming
 from ._collecting import Collectors, collector_race, first_finished, holds_cancel, result_of
-from ._context import outside_workflow
+from ._context import InlineSlot, outside_workflow
 from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
 from ._release_run import release
@@ -152,9 +152,20 @@ class Decisions:
             return
         workflow = self._run.instance
         collecting = [n for n in named if self.collectors.known(n, workflow)]
-        if len(collecting) == 1 and collecting[0] in started:
-            if self.collectors.inlinable(collecting[0], workflow):
-                self._run.inline_tasks.add(collecting[0].task)
+        if len(collecting) != 1 or collecting[0] not in started:
+            return
+        collector = collecting[0]
+        if not self.collectors.inlinable(collector, workflow):
+            return
+        others = sorted(
+            (n for n in named if isinstance(n, WorkerTask) and n is not collector),
+            key=_task_order,
+        )
+
+        def finished_others() -> tuple[str, ...]:
+            return tuple(n.key for n in others if n.task.done())
+
+        self._run.inline_tasks[collector.task] = InlineSlot(finished_others)
 
     async def _collector_first(
         self,
@@ -180,7 +191,12 @@ class Decisions:
         if kind == "cancel":
             return pull
         if kind == "step":
-            return (await self._step_won(collector, [])).completed
+            taken = (await self._step_won(collector, [])).completed
+            slot = run.inline_tasks.get(collector)
+            if slot is not None:
+                # The workers its record saw finished: taken next, unrecorded.
+                self._then = list(slot.then)
+            return taken
 
         def wake() -> tuple[int, str, float]:
             return Wake(number, "timeout", run.live_clock()).record()

@@ -18,6 +18,7 @@ writes back from their records, as in a child workflow that re-executes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -51,6 +52,7 @@ async def call_inline(
     run now and recorded. Must be awaited at the worker task's first run: its first
     function ID is reserved synchronously, in the order tasks first run."""
     begin = DBOS.reserve_step()
+    slot = run.inline_tasks[asyncio.current_task()]  # type: ignore[index]
     found = run.inline_records.get(_naming.invocation_key(invocation_id))
     if found is not None:
         earlier, at = found
@@ -60,6 +62,7 @@ async def call_inline(
             )
         for _ in range(at - begin.step_id):  # the IDs its code took, and the record's
             DBOS.reserve_step()
+        slot.then = earlier.then
         replayed: StepOutcome = earlier.outcome
         return replayed
     started_ms = int(time.time() * 1000)
@@ -68,8 +71,10 @@ async def call_inline(
     ran = await _tracing.traced_inline(run.run_id, invocation_id, code)
 
     def record() -> list[object]:
-        return InlineRecord(invocation_id, step_name, begin.step_id, started_ms, ran).record()
+        then = slot.finished_others()  # (decided now, live)
+        return InlineRecord(invocation_id, step_name, begin.step_id, started_ms, ran, then).record()
 
     recorded = InlineRecord.read(await DBOS.run_step_async({"name": _naming.INLINE_STEP}, record))
+    slot.then = recorded.then
     outcome: StepOutcome = recorded.outcome
     return outcome

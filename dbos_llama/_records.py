@@ -109,21 +109,26 @@ class InlineRecord(NamedTuple):
     """`_naming.INLINE_STEP` output: a step invocation that ran in the run's own
     workflow (`_inline`), recorded when it returned: its ID, step, the function ID it
     reserved when it started (its durable calls and state writes took the IDs after
-    it), when it started (epoch ms) and its `StepOutcome`."""
+    it), when it started (epoch ms), its `StepOutcome`, and the keys of the run's
+    other workers that had finished by then, which the run takes next without a
+    decision of their own (as a `Choice`'s ``then``)."""
 
     invocation_id: str
     step: str
     begin: int
     started_ms: int
     outcome: Any
+    then: tuple[str, ...] = ()
 
     def record(self) -> list[Any]:
-        return [self.invocation_id, self.step, self.begin, self.started_ms, self.outcome]
+        head = [self.invocation_id, self.step, self.begin, self.started_ms]
+        return [*head, self.outcome, list(self.then)]
 
     @classmethod
     def read(cls, output: Any) -> InlineRecord:
-        invocation_id, step, begin, started_ms, outcome = output
-        return cls(str(invocation_id), str(step), int(begin), int(started_ms), outcome)
+        invocation_id, step, begin, started_ms, outcome, then = output
+        keys = tuple(str(key) for key in then)
+        return cls(str(invocation_id), str(step), int(begin), int(started_ms), outcome, keys)
 
 
 #: DBOS's name for a completed ``recv`` in a workflow's recorded operations.

@@ -24,7 +24,7 @@ from ._state import DurableStateStore
 if TYPE_CHECKING:
     from workflows.workflow import Workflow
 
-from ._context import invocation_var, outside_workflow
+from ._context import InlineSlot, invocation_var, outside_workflow
 from ._lease import lease
 
 logger = logging.getLogger("dbos_llama")
@@ -124,7 +124,9 @@ class RunState:
     # Invocations recorded in the run's own workflow (`_inline`), by `invocation_key`:
     # the record and its function ID; and the worker tasks that run one.
     inline_records: dict[str, tuple[InlineRecord, int]] = field(default_factory=dict)
-    inline_tasks: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+    inline_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], InlineSlot] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
     # The run's recorded operations as `load_wakes` read them (for `restore_state`).
     _loaded_steps: list[Any] | None = None
     # The step invocation each worker task calls, and the run's clock at its end.

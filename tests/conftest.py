@@ -202,7 +202,7 @@ def snapshot(db_url: str, run_id: str) -> Snapshot:
                     # record stored as JSON reads back as its text with this client.
                     output = st["output"]
                     record = json.loads(output) if isinstance(output, str) else output
-                    statuses[InlineRecord.read(record[:5]).invocation_id] = "SUCCESS"
+                    statuses[InlineRecord.read(record).invocation_id] = "SUCCESS"
         return Snapshot(statuses, calls)
     finally:
         client.destroy()

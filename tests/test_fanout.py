@@ -208,42 +208,55 @@ class Together(FourItems):
 DurableTogether = durable(Together, name="tests.fanout.Together")
 
 
+INLINE = "dbos_llama.inline"
+
+
 def _decisions(steps: list) -> int:
     return sum(1 for s in steps if s["function_name"] == "dbos_llama.next")
 
 
 async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str) -> None:
-    """Three worker results that waited for the collector are taken with one recorded
-    choice, though each of them starts the collector again (decision rules 3). A run
-    recorded with rules 2 (an earlier version) replays as it was recorded: one choice
-    per result."""
+    """Three worker results that waited for the collector are taken without a decision
+    each, though each of them starts the collector again: under decision rules 4 the
+    first collector invocation's record names them (it runs in the run's workflow),
+    under rules 3 one recorded choice does. Runs recorded with rules 3 and 2 (earlier
+    versions) replay as they were recorded: rules 2 take one choice per result."""
     from dbos import SetWorkflowID
 
     from dbos_llama._bodies import DECISION_RULES
+    from dbos_llama._records import InlineRecord
     from dbos_llama._registry import binding_of
 
-    assert DECISION_RULES >= 3
+    assert DECISION_RULES == 4
     flow = DurableTogether(timeout=30)
     assert await flow.run(run_id="together") == [0, 1, 2, 3]
     assert sorted(collector_calls.pop(id(flow))) == [0, 1, 2, 3]
-    # The first worker's result, then the three that finished together.
     steps = await DBOS.list_workflow_steps_async("together")
-    # The last choice took the first of the three and saw the other two finished.
-    last = [s["output"] for s in steps if s["function_name"] == "dbos_llama.next"][-1]
-    assert list(last[3]) == ["work:2", "work:3"], last
+    # The first collector invocation's record saw the other three finished.
+    first = InlineRecord.read(next(s["output"] for s in steps if s["function_name"] == INLINE))
+    assert list(first.then) == ["work:1", "work:2", "work:3"], first.then
+    # (Its choices: the fan step's carried events, then the first worker's result.)
+    assert _decisions(steps) == 2
 
     binding = binding_of(DurableTogether)
-    earlier = DurableTogether(timeout=30)  # the instance its run uses
-    with SetWorkflowID("together-rules-2"):
-        handle = await DBOS.start_workflow_async(
-            binding.run_function, StartEvent(), binding.version, time.time(), 2
-        )
-    assert (await handle.get_result()).result == [0, 1, 2, 3]
-    assert sorted(collector_calls.pop(id(earlier))) == [0, 1, 2, 3]
-    earlier_steps = await DBOS.list_workflow_steps_async("together-rules-2")
+    counts = {}
+    for rules in (3, 2):
+        earlier = DurableTogether(timeout=30)  # the instance its run uses
+        with SetWorkflowID(f"together-rules-{rules}"):
+            handle = await DBOS.start_workflow_async(
+                binding.run_function, StartEvent(), binding.version, time.time(), rules
+            )
+        assert (await handle.get_result()).result == [0, 1, 2, 3]
+        assert sorted(collector_calls.pop(id(earlier))) == [0, 1, 2, 3]
+        counts[rules] = _decisions(await DBOS.list_workflow_steps_async(handle.workflow_id))
+        if rules == 3:
+            # The last choice took the first of the three and saw the other two finished.
+            rows = await DBOS.list_workflow_steps_async(handle.workflow_id)
+            last = [s["output"] for s in rows if s["function_name"] == "dbos_llama.next"][-1]
+            assert list(last[3]) == ["work:2", "work:3"], last
     # Rules 2 drop the rest of a choice once the collector starts: the second of the
     # three needs a choice of its own (the last, alone beside the mailbox, needs none).
-    assert _decisions(earlier_steps) == _decisions(steps) + 1
+    assert counts[2] == counts[3] + 1 and counts[3] == _decisions(steps) + 1
 
 
 class Half(Event):

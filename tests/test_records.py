@@ -131,10 +131,10 @@ def test_inline_records_are_plain_lists_around_the_step_outcome() -> None:
     from dbos_llama._records import InlineRecord
 
     outcome = StepOutcome([], [], [], 2.0)
-    record = InlineRecord("run/collect/3", "collect", 17, 1_700_000_000_000, outcome).record()
+    inline = InlineRecord("run/collect/3", "collect", 17, 1_700_000_000_000, outcome, ("work:4",))
+    record = inline.record()
     assert type(record) is list
     assert record[:4] == ["run/collect/3", "collect", 17, 1_700_000_000_000]
+    assert record[5] == ["work:4"]
     assert pickle.dumps(record).count(b"dbos_llama") == 1  # the outcome's class path
-    assert InlineRecord.read(record) == InlineRecord(
-        "run/collect/3", "collect", 17, 1_700_000_000_000, outcome
-    )
+    assert InlineRecord.read(record) == inline
