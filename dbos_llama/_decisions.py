@@ -112,21 +112,35 @@ class Decisions:
             return WaitForNextTaskResult(taken, started)
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
+        collects = [self.collectors.likely(n, self._run.instance) for n in named]
+        canonical = self._canonical(number, named, collects)
+        ready: list[int] | None = None
+        if canonical is not None:
+            # Rules 4: taking the lowest-keyed worker needs no checkpoint; a replay
+            # without this wait's record takes it too.
+            ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
+            if await self._canonical_goes(canonical, ready, tasks, pull):
+                won = await self._step_won(tasks[canonical], started)
+                await self._let_siblings_finish_recording(tasks[canonical], tasks)
+                return won
+        arrived = self._mailbox.arrived
 
         async def choose() -> tuple[Any, ...]:
-            collects = [self.collectors.likely(n, self._run.instance) for n in named]
-            ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
-            first = ready[0] if ready else None
+            found = ready
+            if found is None:
+                found = await first_finished(named, pull, timeout, arrived, collects)
+            first = found[0] if found else None
             cancel = first is not None and first == pull and holds_cancel(tasks[first])
             # The others that had finished too are taken next, in priority order:
             # one checkpoint for tasks that finish together. (A pull holding a
             # cancel is never recorded.)
             then = tuple(
                 named[i].key
-                for i in ready[1:]
+                for i in found[1:]
                 if not cancel and not (i == pull and holds_cancel(tasks[i]))
             )
-            return Choice(first, self._run.live_clock(), cancel, then).record()
+            wait = number if self._run.rules >= 4 else None
+            return Choice(first, self._run.live_clock(), cancel, then, wait).record()
 
         # One checkpoint records which task finished first (or that the deadline
         # came), when, and which others had finished; a replay returns the same.
@@ -166,6 +180,26 @@ class Decisions:
             return tuple(n.key for n in others if n.task.done())
 
         self._run.inline_tasks[collector.task] = InlineSlot(finished_others)
+
+    def _canonical(self, number: int, named: list[NamedTask], collects: list[bool]) -> int | None:
+        """Under rules 4, the index of the worker a wait takes without a checkpoint
+        if it is the one to go (the lowest-keyed worker: the same in every replay),
+        unless this wait's choice is recorded or a collecting step is about."""
+        if self._run.rules < 4 or number in self._run.choices or any(collects):
+            return None
+        return next((i for i, n in enumerate(named) if isinstance(n, WorkerTask)), None)
+
+    async def _canonical_goes(
+        self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]], pull: int | None
+    ) -> bool:
+        """Whether the lowest-keyed worker goes, unrecorded: it finished first, or it
+        has finished in the database (as in a replay, whose recorded steps all
+        finish at once: it never takes another ahead of it unless a record says so)."""
+        if ready and ready[0] == canonical:
+            return True
+        if ready and ready[0] == pull and holds_cancel(tasks[ready[0]]):
+            return False  # a cancel: as before (never replayed)
+        return await self._step_finished(tasks[canonical])
 
     async def _collector_first(
         self,

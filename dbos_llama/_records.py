@@ -43,27 +43,35 @@ def dbos_statuses(list_workflows: Callable[..., Any], run_ids: list[str]) -> dic
 
 class Choice(NamedTuple):
     """`_naming.NEXT_STEP` output: which task finished first (None: the deadline came),
-    the run's clock then, whether it was the pull holding a cancel, and the keys of the
-    other tasks that had finished too, in the order the run takes them next.
+    the run's clock then, whether it was the pull holding a cancel, the keys of the
+    other tasks that had finished too, in the order the run takes them next, and
+    (decision rules 4) the number of the wait it decided: a wait without a record
+    took its lowest-keyed worker.
 
-    Recorded as a plain tuple; runs recorded before ``then`` existed have three items.
+    Recorded as a plain tuple; runs recorded before ``then`` existed have three items,
+    before ``wait`` four at most.
     """
 
     first: int | None
     clock: float
     cancel: bool
     then: tuple[str, ...] = ()
+    wait: int | None = None
 
     def record(self) -> tuple[Any, ...]:
+        head = (self.first, self.clock, self.cancel)
+        if self.wait is not None:
+            return (*head, list(self.then), self.wait)
         if not self.then:
-            return (self.first, self.clock, self.cancel)
-        return (self.first, self.clock, self.cancel, list(self.then))
+            return head
+        return (*head, list(self.then))
 
     @classmethod
     def read(cls, output: Any) -> Choice:
         first, clock, cancel, *rest = output
         then = tuple(str(key) for key in rest[0]) if rest else ()
-        return cls(None if first is None else int(first), float(clock), bool(cancel), then)
+        wait = int(rest[1]) if len(rest) > 1 else None
+        return cls(None if first is None else int(first), float(clock), bool(cancel), then, wait)
 
 
 class Wake(NamedTuple):
@@ -168,6 +176,12 @@ class StepRow:
         if self.name != _naming.WAKE_STEP or self.output is None:
             return None
         return Wake.read(self.output)
+
+    def choice(self) -> Choice | None:
+        """The recorded `Choice`, if this row is one."""
+        if self.name != _naming.NEXT_STEP or self.error is not None or self.output is None:
+            return None
+        return Choice.read(self.output)
 
     def inline(self) -> InlineRecord | None:
         """The recorded `InlineRecord`, if this row is one."""

@@ -119,6 +119,8 @@ class RunState:
     # Recorded `WAKE_STEP` decisions of the executing body, by wait number: what a
     # replay takes instead of the step it waited for.
     wakes: dict[int, str] = field(default_factory=dict)
+    # The wait numbers of its recorded `NEXT_STEP` choices (decision rules 4).
+    choices: set[int] = field(default_factory=set)
     # Recorded step invocation IDs by `invocation_key` (see `load_wakes`).
     recorded_children: dict[str, str] = field(default_factory=dict)
     # Invocations recorded in the run's own workflow (`_inline`), by `invocation_key`:
@@ -281,6 +283,7 @@ class RunState:
         `WAKE_STEP` decisions, and the step invocations it calls (a fork's reused
         ones keep the IDs of the run they come from)."""
         self.wakes = {}
+        self.choices = set()
         self.recorded_children = {}
         self.inline_records = {}
         if self.phase is Phase.LIVE:
@@ -305,6 +308,9 @@ class RunState:
             wake = row.wake()
             if wake is not None:
                 self.wakes[wake.number] = wake.kind
+            choice = row.choice()
+            if choice is not None and choice.wait is not None:
+                self.choices.add(choice.wait)
             child = row.child_id
             if child and child.count("/") >= 2:
                 self.recorded_children[_naming.invocation_key(child)] = child

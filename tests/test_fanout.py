@@ -235,8 +235,9 @@ async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str
     # The first collector invocation's record saw the other three finished.
     first = InlineRecord.read(next(s["output"] for s in steps if s["function_name"] == INLINE))
     assert list(first.then) == ["work:1", "work:2", "work:3"], first.then
-    # (Its choices: the fan step's carried events, then the first worker's result.)
-    assert _decisions(steps) == 2
+    # (Its one choice: the fan step's carried events beside the first worker; that
+    # worker, the lowest-keyed, is taken without one.)
+    assert _decisions(steps) == 1
 
     binding = binding_of(DurableTogether)
     counts = {}
@@ -256,7 +257,7 @@ async def test_workers_that_finished_together_share_one_checkpoint(dbos_app: str
             assert list(last[3]) == ["work:2", "work:3"], last
     # Rules 2 drop the rest of a choice once the collector starts: the second of the
     # three needs a choice of its own (the last, alone beside the mailbox, needs none).
-    assert counts[2] == counts[3] + 1 and counts[3] == _decisions(steps) + 1
+    assert counts[2] == counts[3] + 1 and counts[3] == _decisions(steps) + 2
 
 
 class Half(Event):
@@ -323,3 +324,47 @@ async def test_a_run_recorded_under_newer_decision_rules_is_not_replayed(
     assert "recorded by a newer dbos_llama" in caplog.text
     assert f"this one knows up to {DECISION_RULES}" in caplog.text
     await DBOS.cancel_workflow_async("rules-newer")
+
+
+class InOrder(FourItems):
+    """Workers that finish in the order they started (the first slowest if ``reverse``)."""
+
+    reverse = False
+
+    @step(num_workers=4)
+    async def work(self, ev: Item) -> Done:
+        await asyncio.sleep(0.1 * ((3 - ev.i) if self.reverse else ev.i))
+        return Done(value=ev.i)
+
+    @step
+    async def collect(self, ctx: Context, ev: Done) -> StopEvent | None:
+        got = ctx.collect_events(ev, [Done] * 4)
+        return None if got is None else StopEvent(result=sorted(e.value for e in got))
+
+
+class Reversed(InOrder):
+    reverse = True
+
+
+DurableInOrder = durable(InOrder, name="tests.fanout.InOrder")
+DurableReversed = durable(Reversed, name="tests.fanout.Reversed")
+
+
+async def test_workers_taken_in_their_key_order_need_no_checkpoint(dbos_app: str) -> None:
+    """Decision rules 4: taking the lowest-keyed running worker needs no record (a
+    replay without one takes it too); a worker taken ahead of it is recorded with
+    its wait's number."""
+    from dbos_llama._records import Choice
+
+    assert await DurableInOrder(timeout=30).run(run_id="in-order") == [0, 1, 2, 3]
+    steps = await DBOS.list_workflow_steps_async("in-order")
+    # Only the pull of the fan step's carried events beside the first worker.
+    assert _decisions(steps) <= 1, [s["function_name"] for s in steps]
+
+    assert await DurableReversed(timeout=30).run(run_id="reversed") == [0, 1, 2, 3]
+    steps = await DBOS.list_workflow_steps_async("reversed")
+    choices = [Choice.read(s["output"]) for s in steps if s["function_name"] == "dbos_llama.next"]
+    # The last worker first, ahead of the three before it: recorded, with its wait.
+    assert len(choices) >= 2 and all(c.wait is not None for c in choices), choices
+    waits = [c.wait for c in choices]
+    assert waits == sorted(set(waits)), waits
