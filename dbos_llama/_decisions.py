@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from typing import Any
 
 from dbos import DBOS
@@ -51,6 +52,11 @@ class Decisions:
         self._then: list[str] = []
         #: The run's collecting steps (fed by the adapter's `on_tick`).
         self.collectors = Collectors()
+        # The order the run started its tasks in (the same in every replay).
+        self._starts: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._started = 0
 
     async def next_task(
         self,
@@ -61,6 +67,9 @@ class Decisions:
         # Start in the given (deterministic) order: each task takes its DBOS function
         # IDs synchronously when it first runs, and first runs happen in FIFO order.
         started = [p.start(asyncio.create_task(p.coro)) for p in pending]
+        for named_task in started:
+            self._starts[named_task.task] = self._started
+            self._started += 1
         if started:
             self._mark_inline(running, started)
             # Let each new task run to its first DBOS call, which takes its function
@@ -116,7 +125,7 @@ class Decisions:
         canonical = self._canonical(number, named, collects)
         ready: list[int] | None = None
         if canonical is not None:
-            # Rules 4: taking the lowest-keyed worker needs no checkpoint; a replay
+            # Rules 4: taking the worker started first needs no checkpoint; a replay
             # without this wait's record takes it too.
             ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
             if await self._canonical_goes(canonical, ready, tasks, pull):
@@ -183,16 +192,19 @@ class Decisions:
 
     def _canonical(self, number: int, named: list[NamedTask], collects: list[bool]) -> int | None:
         """Under rules 4, the index of the worker a wait takes without a checkpoint
-        if it is the one to go (the lowest-keyed worker: the same in every replay),
-        unless this wait's choice is recorded or a collecting step is about."""
+        if it is the one to go (the running worker started first: the same in every
+        replay), unless this wait's choice is recorded or a collecting step is about."""
         if self._run.rules < 4 or number in self._run.choices or any(collects):
             return None
-        return next((i for i, n in enumerate(named) if isinstance(n, WorkerTask)), None)
+        workers = [i for i, n in enumerate(named) if isinstance(n, WorkerTask)]
+        if not workers:
+            return None
+        return min(workers, key=lambda i: self._starts.get(named[i].task, -1))
 
     async def _canonical_goes(
         self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]], pull: int | None
     ) -> bool:
-        """Whether the lowest-keyed worker goes, unrecorded: it finished first, or it
+        """Whether the worker started first goes, unrecorded: it finished first, or it
         has finished in the database (as in a replay, whose recorded steps all
         finish at once: it never takes another ahead of it unless a record says so)."""
         if ready and ready[0] == canonical:

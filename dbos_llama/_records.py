@@ -46,7 +46,7 @@ class Choice(NamedTuple):
     the run's clock then, whether it was the pull holding a cancel, the keys of the
     other tasks that had finished too, in the order the run takes them next, and
     (decision rules 4) the number of the wait it decided: a wait without a record
-    took its lowest-keyed worker.
+    took the running worker started first.
 
     Recorded as a plain tuple; runs recorded before ``then`` existed have three items,
     before ``wait`` four at most.

@@ -350,8 +350,8 @@ DurableInOrder = durable(InOrder, name="tests.fanout.InOrder")
 DurableReversed = durable(Reversed, name="tests.fanout.Reversed")
 
 
-async def test_workers_taken_in_their_key_order_need_no_checkpoint(dbos_app: str) -> None:
-    """Decision rules 4: taking the lowest-keyed running worker needs no record (a
+async def test_workers_taken_in_the_order_they_started_need_no_checkpoint(dbos_app: str) -> None:
+    """Decision rules 4: taking the running worker started first needs no record (a
     replay without one takes it too); a worker taken ahead of it is recorded with
     its wait's number."""
     from dbos_llama._records import Choice
@@ -364,7 +364,8 @@ async def test_workers_taken_in_their_key_order_need_no_checkpoint(dbos_app: str
     assert await DurableReversed(timeout=30).run(run_id="reversed") == [0, 1, 2, 3]
     steps = await DBOS.list_workflow_steps_async("reversed")
     choices = [Choice.read(s["output"]) for s in steps if s["function_name"] == "dbos_llama.next"]
-    # The last worker first, ahead of the three before it: recorded, with its wait.
+    # The last worker first, ahead of the three started before it: recorded, with
+    # the number of its wait.
     assert len(choices) >= 2 and all(c.wait is not None for c in choices), choices
     waits = [c.wait for c in choices]
     assert waits == sorted(set(waits)), waits
