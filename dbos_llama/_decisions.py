@@ -204,13 +204,17 @@ class Decisions:
     async def _canonical_goes(
         self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]], pull: int | None
     ) -> bool:
-        """Whether the worker started first goes, unrecorded: it finished first, or it
-        has finished in the database (as in a replay, whose recorded steps all
-        finish at once: it never takes another ahead of it unless a record says so)."""
+        """Whether the worker started first goes, unrecorded: it finished first, or,
+        in a wait an earlier execution passed (operations recorded after it), it has
+        finished in the database: a replay, whose recorded steps all finish at once,
+        never takes another ahead of it unless a record says so."""
         if ready and ready[0] == canonical:
             return True
         if ready and ready[0] == pull and holds_cancel(tasks[ready[0]]):
             return False  # a cancel: as before (never replayed)
+        function_id = current_function_id()
+        if function_id is not None and function_id >= self._run.last_recorded_id:
+            return False  # nothing recorded beyond this wait: a new decision
         return await self._step_finished(tasks[canonical])
 
     async def _collector_first(

@@ -162,6 +162,9 @@ class RunState:
     # The last function ID of a recorded decision or step call of the run (0: none):
     # a wait before it is replayed, never idle (`Decisions._idle`).
     last_recorded_decision: int = 0
+    # The last function ID of any recorded operation of the run (0: none): a wait
+    # before it was passed by an earlier execution (`Decisions._canonical_goes`).
+    last_recorded_id: int = 0
     # The run's recorded decision rules (an input of its DBOS workflow; see `_bodies`).
     rules: int = 1
     # Set when a step's code here returned the StopEvent: the stream takes no more.
@@ -299,6 +302,7 @@ class RunState:
                 self._resume_real_time = None
             return
         for row in step_rows(steps):
+            self.last_recorded_id = max(self.last_recorded_id, row.function_id)
             if row.child_id is not None or row.name in _RECORDED_WAITS:
                 self.last_recorded_decision = max(self.last_recorded_decision, row.function_id)
             inline = row.inline()
