@@ -243,8 +243,11 @@ def make_step_caller(binding: DurableBinding, step: str) -> Callable[..., Any]:
         task = asyncio.current_task()
         if task is not None:
             run.task_invocations[task] = invocation_id
-        if task in run.inline_tasks and rerun_of is None:
-            # A collecting step's invocation: in the run's own workflow (`_inline`).
+        slot = run.inline_tasks.get(task) if task is not None else None
+        if slot is not None and rerun_of is None:
+            # A collecting step's invocation: in the run's own workflow (`_inline`),
+            # once the tasks started with it have taken their function IDs.
+            await slot.gate.wait()
             with _tracing.step_call(run_id, invocation_id, step_name):
                 outcome = await call_inline(
                     run, workflow, invocation_id, step_name, event, state, bound_events, retry

@@ -85,6 +85,9 @@ class InlineSlot:
     finished_others: Callable[[], tuple[str, ...]]
     #: Those keys as the invocation's record holds them, once recorded or replayed.
     then: tuple[str, ...] = ()
+    #: Set once every task started with it has taken its DBOS function IDs: only then
+    #: does the invocation take its own (the same order, live or replayed).
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def current_run_id() -> str | None:

@@ -71,10 +71,12 @@ class Decisions:
             self._starts[named_task.task] = self._started
             self._started += 1
         if started:
-            self._mark_inline(running, started)
+            inline = self._mark_inline(running, started)
             # Let each new task run to its first DBOS call, which takes its function
             # IDs: before any checkpoint below, live and replaying alike.
             await asyncio.sleep(0)
+            if inline is not None:
+                inline.gate.set()  # then the collector run inline takes its own
         named = sorted([*running, *started], key=_task_order)
         tasks = [n.task for n in named]
         if not tasks:
@@ -122,13 +124,13 @@ class Decisions:
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
         collects = [self.collectors.likely(n, self._run.instance) for n in named]
-        canonical = self._canonical(number, named, collects)
+        canonical = self._canonical(number, named)
         ready: list[int] | None = None
         if canonical is not None:
             # Rules 4: taking the worker started first needs no checkpoint; a replay
             # without this wait's record takes it too.
             ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
-            if await self._canonical_goes(canonical, ready, tasks, pull):
+            if await self._canonical_goes(canonical, ready, tasks):
                 won = await self._step_won(tasks[canonical], started)
                 await self._let_siblings_finish_recording(tasks[canonical], tasks)
                 return won
@@ -163,23 +165,23 @@ class Decisions:
             return WaitForNextTaskResult(None, started)
         return await self._take(index, tasks, pull, started)
 
-    def _mark_inline(self, running: list[NamedTask], started: list[NamedTask]) -> None:
+    def _mark_inline(self, running: list[NamedTask], started: list[NamedTask]) -> InlineSlot | None:
         """Before the new tasks first run: a new worker of the one collecting step
         beside the mailbox runs in the run's own workflow (`_inline`) under rules 4.
         While it runs, this engine waits for it alone (`_collector_first`), so no
         other task takes a DBOS function ID until it returns."""
         if self._run.rules < 4:
-            return
+            return None
         named = [*running, *started]
         if not any(isinstance(n, PullTask) for n in named):
-            return
+            return None
         workflow = self._run.instance
         collecting = [n for n in named if self.collectors.known(n, workflow)]
         if len(collecting) != 1 or collecting[0] not in started:
-            return
+            return None
         collector = collecting[0]
         if not self.collectors.inlinable(collector, workflow):
-            return
+            return None
         others = sorted(
             (n for n in named if isinstance(n, WorkerTask) and n is not collector),
             key=_task_order,
@@ -188,21 +190,26 @@ class Decisions:
         def finished_others() -> tuple[str, ...]:
             return tuple(n.key for n in others if n.task.done())
 
-        self._run.inline_tasks[collector.task] = InlineSlot(finished_others)
+        slot = self._run.inline_tasks[collector.task] = InlineSlot(finished_others)
+        return slot
 
-    def _canonical(self, number: int, named: list[NamedTask], collects: list[bool]) -> int | None:
+    def _canonical(self, number: int, named: list[NamedTask]) -> int | None:
         """Under rules 4, the index of the worker a wait takes without a checkpoint
         if it is the one to go (the running worker started first: the same in every
         replay), unless this wait's choice is recorded or a collecting step is about."""
-        if self._run.rules < 4 or number in self._run.choices or any(collects):
+        if self._run.rules < 4 or number in self._run.choices:
             return None
+        workflow = self._run.instance
+        if any(self.collectors.known(n, workflow) for n in named):
+            return None  # (not ``likely``: whether a record is made must not depend
+            # on what this process learned from earlier runs)
         workers = [i for i, n in enumerate(named) if isinstance(n, WorkerTask)]
         if not workers:
             return None
         return min(workers, key=lambda i: self._starts.get(named[i].task, -1))
 
     async def _canonical_goes(
-        self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]], pull: int | None
+        self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]]
     ) -> bool:
         """Whether the worker started first goes, unrecorded: it finished first, or,
         in a wait an earlier execution passed (operations recorded after it), it has
@@ -210,12 +217,12 @@ class Decisions:
         never takes another ahead of it unless a record says so."""
         if ready and ready[0] == canonical:
             return True
-        if ready and ready[0] == pull and holds_cancel(tasks[ready[0]]):
-            return False  # a cancel: as before (never replayed)
         function_id = current_function_id()
-        if function_id is not None and function_id >= self._run.last_recorded_id:
-            return False  # nothing recorded beyond this wait: a new decision
-        return await self._step_finished(tasks[canonical])
+        if function_id is None or function_id < self._run.last_recorded_id:
+            # An earlier execution passed this wait (a cancel asked meanwhile is
+            # seen at a later one): the worker goes if it had finished.
+            return await self._step_finished(tasks[canonical])
+        return False  # nothing recorded beyond this wait: a new decision (or a cancel)
 
     async def _collector_first(
         self,

@@ -49,8 +49,8 @@ async def call_inline(
     retry: RetryAttempt,
 ) -> StepOutcome:
     """The outcome of a step invocation run in the run's own workflow: recorded, or
-    run now and recorded. Must be awaited at the worker task's first run: its first
-    function ID is reserved synchronously, in the order tasks first run."""
+    run now and recorded. Awaited once the tasks started with it have taken their
+    function IDs (`InlineSlot.gate`): its first ID is reserved synchronously here."""
     begin = DBOS.reserve_step()
     slot = run.inline_tasks[asyncio.current_task()]  # type: ignore[index]
     found = run.inline_records.get(_naming.invocation_key(invocation_id))

@@ -493,8 +493,7 @@ class PartDone(Event):
     value: int
 
 
-@durable
-class Summarize(Workflow):
+class SummarizeBase(Workflow):
     """Map, then reduce with a summary: the collector counts what it saw in the run's
     state and, once every part is in, makes one durable call (an LLM's, say)."""
 
@@ -504,11 +503,6 @@ class Summarize(Workflow):
         for i in range(ev.n):
             ctx.send_event(Part(i=i, n=ev.n))
         return None
-
-    @step(num_workers=2)
-    async def work(self, ev: Part) -> PartDone:
-        step_started()
-        return PartDone(n=ev.n, value=await square(ev.i))
 
     @step
     async def gather(self, ctx: Context, ev: PartDone) -> StopEvent | None:
@@ -523,6 +517,29 @@ class Summarize(Workflow):
         maybe_crash("gather:summarized")
         total = sum(e.value for e in done)
         return StopEvent(result=f"{total}|{await ctx.store.get('seen')}|{summary}")
+
+
+@durable
+class Summarize(SummarizeBase):
+    """The workers return their results."""
+
+    @step(num_workers=2)
+    async def work(self, ev: Part) -> PartDone:
+        step_started()
+        return PartDone(n=ev.n, value=await square(ev.i))
+
+
+@durable
+class SummarizeSent(SummarizeBase):
+    """The workers send their results: they reach the collector through the mailbox,
+    so each collector invocation starts beside a new mailbox pull."""
+
+    @step(num_workers=2)
+    async def work(self, ctx: Context, ev: Part) -> PartDone | None:
+        step_started()
+        ctx.send_event(PartDone(n=ev.n, value=await square(ev.i)))
+        await asyncio.sleep(0.1)  # (runs on: its event goes out as a message)
+        return None
 
 
 CONSTRUCTOR_ARGS = {"needsargs": {"prefix": "p:"}}
@@ -546,6 +563,7 @@ FLOWS = {
     "timed": Timed,
     "outer": Outer,
     "summarize": Summarize,
+    "summarize-sent": SummarizeSent,
 }
 
 

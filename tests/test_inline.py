@@ -76,15 +76,19 @@ TOTAL = sum(i * i for i in range(PARTS))
 
 
 @pytest.mark.parametrize(
-    "crash_at",
+    "flow, crash_at",
     [
-        "gather:3",  # an invocation killed after its state write, before it returned
-        "effect:summary",  # inside the last invocation's durable call
-        "gather:summarized",  # after that call completed, before the invocation returned
+        ("summarize", "gather:3"),  # killed after its state write, before it returned
+        ("summarize", "effect:summary"),  # inside the last invocation's durable call
+        ("summarize", "gather:summarized"),  # after that call, before it returned
+        # Results sent by the workers: each collector invocation starts beside a new
+        # mailbox pull, which takes its IDs before the invocation takes its own.
+        ("summarize-sent", "gather:3"),
+        ("summarize-sent", "gather:summarized"),
     ],
 )
 def test_a_collector_killed_mid_invocation_recovers_exactly(
-    tmp_path: Path, db_url: str, crash_at: str
+    tmp_path: Path, db_url: str, flow: str, crash_at: str
 ) -> None:
     """Killed while a collecting step's invocation runs in the run's workflow: the
     completed invocations are taken from their records (never run again), the one in
@@ -92,10 +96,10 @@ def test_a_collector_killed_mid_invocation_recovers_exactly(
     again) and every state write counts once."""
     log = tmp_path / "effects.log"
     run_id = "gather-1"
-    first = run_driver(db_url, "summarize", run_id, {"n": PARTS}, log, crash_at=crash_at)
+    first = run_driver(db_url, flow, run_id, {"n": PARTS}, log, crash_at=crash_at)
     assert first.returncode == 137, first.stderr
     before = snapshot(db_url, run_id)
-    second = run_driver(db_url, "summarize", run_id, {"n": PARTS}, log)
+    second = run_driver(db_url, flow, run_id, {"n": PARTS}, log)
     assert second.returncode == 0, second.stderr
     assert "DBOSUnexpectedStepError" not in second.stderr
     assert "Traceback" not in second.stderr
@@ -111,3 +115,21 @@ def test_a_collector_killed_mid_invocation_recovers_exactly(
     assert len(gathers) == PARTS, gathers
     executions = [lines[f"step:{w}"] for w in gathers]
     assert sum(executions) == PARTS + 1, executions  # only the one in flight, again
+
+
+async def test_a_fork_replays_collectors_fed_through_the_mailbox(dbos_app: str) -> None:
+    """A fork from the last collector invocation replays every earlier one from its
+    record, each started beside a mailbox pull (the workers send their results)."""
+    from tests.flows import SummarizeSent
+
+    flow = SummarizeSent(timeout=30)
+    expected = f"{TOTAL}|{PARTS}|<summary>"
+    assert await flow.run(run_id="sent", n=PARTS) == expected
+    client = DurableClient(dbos_app)
+    try:
+        gathers = [s for s in await client.steps("sent") if s.step == "gather"]
+        assert len(gathers) == PARTS
+        fork = await client.fork("sent", f"gather/{gathers[-1].number}", new_run_id="sent-fork")
+        assert await client.get_result(fork) == expected
+    finally:
+        client.close()
