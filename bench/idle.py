@@ -11,7 +11,8 @@ memory, the behaviour before idle release; a durable run with
    all wait (released runs: once all are released). Then the worker dies
    (``os._exit``, nothing shut down). Kept runs hold their queue slot while they
    wait, so their queue has no concurrency limit; released runs free theirs, and
-   the worker takes 100 at a time.
+   the worker takes 100 at a time. With ``--submit-first`` every run is queued
+   before the worker starts reading the queue (after its baseline).
 2. restart: a new worker on the same database; measured: ``DBOS.launch()`` until
    a new run (one step) has finished ("ready for new work"), and RSS once settled.
 3. drain: that worker answers all N (``DurableClient.send_event``, or
@@ -140,6 +141,10 @@ async def submit(url: str, impl: str, runs: int) -> dict[str, float]:
     DBOS(config=config(url))
     DBOS.listen_queues([])
     DBOS.launch()
+    # Registered in the database (this process reads no queue): the worker may start later.
+    await DBOS.register_queue_async(
+        QUEUES[impl], worker_concurrency=CONCURRENCY[impl], polling_interval_sec=0.1
+    )
     began = time.perf_counter()
     for first in range(0, runs, BATCH):
         ids = [f"{impl}-{i}" for i in range(first, min(first + BATCH, runs))]
@@ -159,15 +164,16 @@ async def fill(url: str, impl: str, runs: int) -> dict[str, float]:
     """The worker: executes the queued runs until all wait."""
     DBOS(config=config(url))
     DBOS.launch()
-    await DBOS.register_queue_async(
-        QUEUES[impl], worker_concurrency=CONCURRENCY[impl], polling_interval_sec=0.1
-    )
     # The instances queued runs execute on, kept referenced: a dropped instance is
     # collected, and a run would execute on a default one (timeout=45).
     _instances = (KEPT(timeout=None), RELEASED(timeout=None))
     await PROBE(timeout=None).run(run_id="warm-up")  # code paths loaded before the baseline
     gc.collect()
     baseline = rss_mb()
+    # The queue is read from here on (with --submit-first, the runs already wait in it).
+    await DBOS.register_queue_async(
+        QUEUES[impl], worker_concurrency=CONCURRENCY[impl], polling_interval_sec=0.1
+    )
     print("READY", flush=True)
     began = time.perf_counter()
     while waiting(url, impl) < runs:
@@ -296,10 +302,18 @@ def result_of(proc: subprocess.Popen[str], what: str) -> dict[str, float]:
 def once(backend_name: str, impl: str, runs: int) -> dict[str, float]:
     backend = make_backend(backend_name)
     try:
-        worker = spawn("fill", backend.url, impl, runs)
-        assert worker.stdout is not None
-        assert worker.stdout.readline().strip() == "READY", worker.stderr
-        figures = result_of(spawn("submit", backend.url, impl, runs), "submit")
+        if os.environ.get("BENCH_SUBMIT_FIRST") == "1":
+            # Every run is queued before the worker starts: on SQLite, a submitter
+            # writing beside a busy worker waits for its lock most of the time.
+            figures = result_of(spawn("submit", backend.url, impl, runs), "submit")
+            worker = spawn("fill", backend.url, impl, runs)
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "READY", worker.stderr
+        else:
+            worker = spawn("fill", backend.url, impl, runs)
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "READY", worker.stderr
+            figures = result_of(spawn("submit", backend.url, impl, runs), "submit")
         figures.update(result_of(worker, "fill"))
         figures.update(result_of(spawn("restart", backend.url, impl, runs), "restart"))
         return figures
@@ -325,10 +339,16 @@ def main() -> None:
         default="worker",
         help="who answers: the restarted worker itself, or a separate front-end process",
     )
+    parser.add_argument(
+        "--submit-first",
+        action="store_true",
+        help="queue every run before the worker starts (a faster fill on SQLite)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where idle.{json,md} go")
     args = parser.parse_args()
     os.environ["BENCH_SEND_BATCH"] = str(args.send_batch)  # read by the drain's process
     os.environ["BENCH_SENDER"] = args.sender
+    os.environ["BENCH_SUBMIT_FIRST"] = "1" if args.submit_first else "0"
     found: dict[str, dict[str, dict[str, float]]] = {}
     for backend_name in args.backends.split(","):
         for impl in args.impls.split(","):
@@ -343,6 +363,7 @@ def main() -> None:
         "idle_release": IDLE_SECONDS,
         "send_batch": args.send_batch,
         "sender": args.sender,
+        "submit_first": args.submit_first,
     }
     previous = args.out / "idle.json"
     if previous.exists():  # a run of one backend keeps the other's figures
