@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import weakref
 from typing import Any
 
 from dbos import DBOS
 from workflows.events import StopEvent
-from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask, WorkerTask
+from workflows.runtime.types.named_task import NamedTask, PendingStart, PullTask
 from workflows.runtime.types.plugin import (
     WaitForNextTaskResult,
 )
@@ -17,11 +16,12 @@ from workflows.runtime.types.ticks import TickStepResult
 
 from . import _naming
 from ._collecting import Collectors, collector_race, first_finished, holds_cancel, result_of
-from ._context import InlineSlot, outside_workflow
+from ._context import outside_workflow
 from ._mailbox import Mailbox
 from ._records import UNFINISHED, Choice, Wake
 from ._release_run import release
 from ._run_state import RunState
+from ._unrecorded import Unrecorded, task_order
 from ._upstream import current_function_id
 
 
@@ -31,11 +31,6 @@ def _stops(task: asyncio.Task[Any]) -> bool:
     return isinstance(tick, TickStepResult) and any(
         isinstance(getattr(r, "result", None), StopEvent) for r in tick.result
     )
-
-
-def _task_order(named: NamedTask) -> tuple[int, str]:
-    # Workers before the mailbox pull (upstream's priority), each in a stable order.
-    return (1, named.key) if isinstance(named, PullTask) else (0, named.key)
 
 
 class Decisions:
@@ -52,11 +47,8 @@ class Decisions:
         self._then: list[str] = []
         #: The run's collecting steps (fed by the adapter's `on_tick`).
         self.collectors = Collectors()
-        # The order the run started its tasks in (the same in every replay).
-        self._starts: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._started = 0
+        # The start order of its tasks, and the choices rules 4 makes unrecorded.
+        self._unrecorded = Unrecorded(run, self.collectors)
 
     async def next_task(
         self,
@@ -67,17 +59,15 @@ class Decisions:
         # Start in the given (deterministic) order: each task takes its DBOS function
         # IDs synchronously when it first runs, and first runs happen in FIFO order.
         started = [p.start(asyncio.create_task(p.coro)) for p in pending]
-        for named_task in started:
-            self._starts[named_task.task] = self._started
-            self._started += 1
+        self._unrecorded.number(started)
         if started:
-            inline = self._mark_inline(running, started)
+            inline = self._unrecorded.mark_inline(running, started)
             # Let each new task run to its first DBOS call, which takes its function
             # IDs: before any checkpoint below, live and replaying alike.
             await asyncio.sleep(0)
             if inline is not None:
                 inline.gate.set()  # then the collector run inline takes its own
-        named = sorted([*running, *started], key=_task_order)
+        named = sorted([*running, *started], key=task_order)
         tasks = [n.task for n in named]
         if not tasks:
             return WaitForNextTaskResult(None, started)
@@ -124,13 +114,15 @@ class Decisions:
         if len(tasks) == 2 and pull == 1:
             return await self._one_step(number, tasks[0], tasks[1], timeout, started)
         collects = [self.collectors.likely(n, self._run.instance) for n in named]
-        canonical = self._canonical(number, named)
+        canonical = self._unrecorded.canonical(number, named)
         ready: list[int] | None = None
         if canonical is not None:
             # Rules 4: taking the worker started first needs no checkpoint; a replay
             # without this wait's record takes it too.
             ready = await first_finished(named, pull, timeout, self._mailbox.arrived, collects)
-            if await self._canonical_goes(canonical, ready, tasks):
+            if await self._unrecorded.canonical_goes(
+                canonical, ready, tasks[canonical], self._step_finished
+            ):
                 won = await self._step_won(tasks[canonical], started)
                 await self._let_siblings_finish_recording(tasks[canonical], tasks)
                 return won
@@ -164,65 +156,6 @@ class Decisions:
             # A cancel is never replayed: this resumed run waits again from here.
             return WaitForNextTaskResult(None, started)
         return await self._take(index, tasks, pull, started)
-
-    def _mark_inline(self, running: list[NamedTask], started: list[NamedTask]) -> InlineSlot | None:
-        """Before the new tasks first run: a new worker of the one collecting step
-        beside the mailbox runs in the run's own workflow (`_inline`) under rules 4.
-        While it runs, this engine waits for it alone (`_collector_first`), so no
-        other task takes a DBOS function ID until it returns."""
-        if self._run.rules < 4:
-            return None
-        named = [*running, *started]
-        if not any(isinstance(n, PullTask) for n in named):
-            return None
-        workflow = self._run.instance
-        collecting = [n for n in named if self.collectors.known(n, workflow)]
-        if len(collecting) != 1 or collecting[0] not in started:
-            return None
-        collector = collecting[0]
-        if not self.collectors.inlinable(collector, workflow):
-            return None
-        others = sorted(
-            (n for n in named if isinstance(n, WorkerTask) and n is not collector),
-            key=_task_order,
-        )
-
-        def finished_others() -> tuple[str, ...]:
-            return tuple(n.key for n in others if n.task.done())
-
-        slot = self._run.inline_tasks[collector.task] = InlineSlot(finished_others)
-        return slot
-
-    def _canonical(self, number: int, named: list[NamedTask]) -> int | None:
-        """Under rules 4, the index of the worker a wait takes without a checkpoint
-        if it is the one to go (the running worker started first: the same in every
-        replay), unless this wait's choice is recorded or a collecting step is about."""
-        if self._run.rules < 4 or number in self._run.choices:
-            return None
-        workflow = self._run.instance
-        if any(self.collectors.known(n, workflow) for n in named):
-            return None  # (not ``likely``: whether a record is made must not depend
-            # on what this process learned from earlier runs)
-        workers = [i for i, n in enumerate(named) if isinstance(n, WorkerTask)]
-        if not workers:
-            return None
-        return min(workers, key=lambda i: self._starts.get(named[i].task, -1))
-
-    async def _canonical_goes(
-        self, canonical: int, ready: list[int], tasks: list[asyncio.Task[Any]]
-    ) -> bool:
-        """Whether the worker started first goes, unrecorded: it finished first, or,
-        in a wait an earlier execution passed (operations recorded after it), it has
-        finished in the database: a replay, whose recorded steps all finish at once,
-        never takes another ahead of it unless a record says so."""
-        if ready and ready[0] == canonical:
-            return True
-        function_id = current_function_id()
-        if function_id is None or function_id < self._run.last_recorded_id:
-            # An earlier execution passed this wait (a cancel asked meanwhile is
-            # seen at a later one): the worker goes if it had finished.
-            return await self._step_finished(tasks[canonical])
-        return False  # nothing recorded beyond this wait: a new decision (or a cancel)
 
     async def _collector_first(
         self,

@@ -163,7 +163,7 @@ class RunState:
     # a wait before it is replayed, never idle (`Decisions._idle`).
     last_recorded_decision: int = 0
     # The last function ID of any recorded operation of the run (0: none): a wait
-    # before it was passed by an earlier execution (`Decisions._canonical_goes`).
+    # before it was passed by an earlier execution (`Unrecorded.canonical_goes`).
     last_recorded_id: int = 0
     # The run's recorded decision rules (an input of its DBOS workflow; see `_bodies`).
     rules: int = 1
