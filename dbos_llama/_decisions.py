@@ -168,7 +168,7 @@ class Decisions:
         recorded), or None if the deadline came first (recorded as a `Wake`, as in
         `_one_step`: a replay, whose collector finishes at once, reads it)."""
         run = self._run
-        kind = run.wakes.get(number)
+        kind = run.replay.wakes.get(number)
         if kind is None:
             left = None if timeout is None else max(0.0, timeout - run.elapsed_since_clock())
             if collector in run.inline_tasks:
@@ -236,7 +236,7 @@ class Decisions:
         if self._run.idle_release is None:
             return False
         function_id = current_function_id()
-        return function_id is None or function_id > self._run.last_recorded_decision
+        return function_id is None or function_id > self._run.replay.last_recorded_decision
 
     async def _idle(
         self, pull: asyncio.Task[Any], timeout: float | None, idle_release: float
@@ -306,7 +306,7 @@ class Decisions:
         recorded messages at once, never takes them ahead of a step that finished.
         """
         run = self._run
-        kind = run.wakes.get(number) or await self._race(worker, pull, timeout)
+        kind = run.replay.wakes.get(number) or await self._race(worker, pull, timeout)
         if kind == "step":
             return await self._step_won(worker, started)
         if kind == "cancel":  # never recorded: a resumed run waits again
@@ -349,7 +349,9 @@ class Decisions:
         if invocation_id is None:
             return False
         status = await outside_workflow(
-            functools.partial(DBOS.get_workflow_status, self._run.invocation_in_db(invocation_id))
+            functools.partial(
+                DBOS.get_workflow_status, self._run.replay.invocation_in_db(invocation_id)
+            )
         )
         return status is not None and status.status not in UNFINISHED
 

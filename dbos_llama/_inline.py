@@ -53,7 +53,7 @@ async def call_inline(
     function IDs (`InlineSlot.gate`): its first ID is reserved synchronously here."""
     begin = DBOS.reserve_step()
     slot = run.inline_tasks[asyncio.current_task()]  # type: ignore[index]
-    found = run.inline_records.get(_naming.invocation_key(invocation_id))
+    found = run.replay.inline_records.get(_naming.invocation_key(invocation_id))
     if found is not None:
         earlier, at = found
         if earlier.begin != begin.step_id:  # (the run's code is not deterministic)

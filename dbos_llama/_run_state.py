@@ -18,7 +18,8 @@ from workflows.events import Event, StopEvent
 
 from . import _naming
 from ._patches import Patch, recorded_edits
-from ._records import CANCELLED, InlineRecord, step_rows
+from ._records import CANCELLED
+from ._replay_index import ReplayIndex
 from ._state import DurableStateStore
 
 if TYPE_CHECKING:
@@ -71,8 +72,6 @@ class Phase(enum.Enum):
 
 
 #: The phases in which the run's body is in this process.
-#: Recorded operations that end a wait of the run's body (`load_wakes`).
-_RECORDED_WAITS = frozenset({_naming.NEXT_STEP, _naming.WAKE_STEP, _naming.INLINE_STEP})
 _BODY_HERE = frozenset({Phase.PREPARING, Phase.LIVE, Phase.REPLAYING, Phase.ENDED})
 
 
@@ -116,21 +115,12 @@ class RunState:
     accepted: list[type[Any]] | None = None
     # Step invocation IDs of each upstream work item, in call order.
     work_items: dict[str, list[str]] = field(default_factory=dict)
-    # Recorded `WAKE_STEP` decisions of the executing body, by wait number: what a
-    # replay takes instead of the step it waited for.
-    wakes: dict[int, str] = field(default_factory=dict)
-    # The wait numbers of its recorded `NEXT_STEP` choices (decision rules 4).
-    choices: set[int] = field(default_factory=set)
-    # Recorded step invocation IDs by `invocation_key` (see `load_wakes`).
-    recorded_children: dict[str, str] = field(default_factory=dict)
-    # Invocations recorded in the run's own workflow (`_inline`), by `invocation_key`:
-    # the record and its function ID; and the worker tasks that run one.
-    inline_records: dict[str, tuple[InlineRecord, int]] = field(default_factory=dict)
+    # What a replay of the run's body needs from its recorded calls (`load_wakes`).
+    replay: ReplayIndex = field(default_factory=ReplayIndex)
+    # The worker tasks that run an invocation in the run's own workflow (`_inline`).
     inline_tasks: weakref.WeakKeyDictionary[asyncio.Task[Any], InlineSlot] = field(
         default_factory=weakref.WeakKeyDictionary
     )
-    # The run's recorded operations as `load_wakes` read them (for `restore_state`).
-    _loaded_steps: list[Any] | None = None
     # The step invocation each worker task calls, and the run's clock at its end.
     task_invocations: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = field(
         default_factory=weakref.WeakKeyDictionary
@@ -159,12 +149,6 @@ class RunState:
     receives: int = 0
     # Set when a receive completed during the run's release: woken at once.
     wake_after_release: bool = False
-    # The last function ID of a recorded decision or step call of the run (0: none):
-    # a wait before it is replayed, never idle (`Decisions._idle`).
-    last_recorded_decision: int = 0
-    # The last function ID of any recorded operation of the run (0: none): a wait
-    # before it was passed by an earlier execution (`Unrecorded.canonical_goes`).
-    last_recorded_id: int = 0
     # The run's recorded decision rules (an input of its DBOS workflow; see `_bodies`).
     rules: int = 1
     # Set when a step's code here returned the StopEvent: the stream takes no more.
@@ -224,7 +208,7 @@ class RunState:
                 # so no step of it has completed yet.
                 self.state_restored = True
             if not self.state_restored:
-                steps, self._loaded_steps = self._loaded_steps, None
+                steps, self.replay.loaded_steps = self.replay.loaded_steps, None
                 found = functools.partial(recorded_edits, DBOS, self.run_id, steps)
                 edits, unfinished = await outside_workflow(found)
                 self.store_for(workflow).apply_edits(edits, unfinished)
@@ -282,46 +266,18 @@ class RunState:
         return 0.0 if live is None else max(0.0, live - self.clock)
 
     async def load_wakes(self) -> None:
-        """Read what a replay of the run's body needs from its recorded calls: the
-        `WAKE_STEP` decisions, and the step invocations it calls (a fork's reused
-        ones keep the IDs of the run they come from)."""
-        self.wakes = {}
-        self.choices = set()
-        self.recorded_children = {}
-        self.inline_records = {}
+        """Read what a replay of the run's body needs from its recorded calls into
+        `replay` (`ReplayIndex.load`); a run with nothing recorded runs live."""
+        self.replay.clear()
         if self.phase is Phase.LIVE:
             return
-        steps = await outside_workflow(functools.partial(DBOS.list_workflow_steps, self.run_id))
-        self._loaded_steps = list(steps)
-        if not steps:
+        if not await self.replay.load(self.run_id):
             # Nothing recorded yet (e.g. a queued run, dequeued): it runs live from its
             # start, and the time it waited does not count.
             self.phase = Phase.LIVE
             if self._resume_real_time is not None:
                 self._clock_offset = self._resume_real_time - self.clock
                 self._resume_real_time = None
-            return
-        for row in step_rows(steps):
-            self.last_recorded_id = max(self.last_recorded_id, row.function_id)
-            if row.child_id is not None or row.name in _RECORDED_WAITS:
-                self.last_recorded_decision = max(self.last_recorded_decision, row.function_id)
-            inline = row.inline()
-            if inline is not None:
-                key = _naming.invocation_key(inline.invocation_id)  # (a fork's: reused)
-                self.inline_records[key] = (inline, row.function_id)
-            wake = row.wake()
-            if wake is not None:
-                self.wakes[wake.number] = wake.kind
-            choice = row.choice()
-            if choice is not None and choice.wait is not None:
-                self.choices.add(choice.wait)
-            child = row.child_id
-            if child and child.count("/") >= 2:
-                self.recorded_children[_naming.invocation_key(child)] = child
-
-    def invocation_in_db(self, invocation_id: str) -> str:
-        """The ID DBOS records for this run's step invocation ``invocation_id``."""
-        return self.recorded_children.get(_naming.invocation_key(invocation_id), invocation_id)
 
     def live_clock(self) -> float:
         """The clock at a decision made now (not replayed)."""

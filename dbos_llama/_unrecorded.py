@@ -72,7 +72,7 @@ class Unrecorded:
         """Under rules 4, the index of the worker a wait takes without a checkpoint
         if it is the one to go (the running worker started first: the same in every
         replay), unless this wait's choice is recorded or a collecting step is about."""
-        if self._run.rules < 4 or number in self._run.choices:
+        if self._run.rules < 4 or number in self._run.replay.choices:
             return None
         workflow = self._run.instance
         if any(self._collectors.known(n, workflow) for n in named):
@@ -98,7 +98,7 @@ class Unrecorded:
         if ready and ready[0] == canonical:
             return True
         function_id = current_function_id()
-        if function_id is None or function_id < self._run.last_recorded_id:
+        if function_id is None or function_id < self._run.replay.last_recorded_id:
             # An earlier execution passed this wait (a cancel asked meanwhile is
             # seen at a later one): the worker goes if it had finished.
             return await step_finished(worker)
