@@ -210,7 +210,12 @@ async def _execute_step(
     workflow = run.instance or await binding.instance_for(run_id)
     # Invocations recorded before state writes were checkpoints have no such
     # input: they replay as they were recorded.
-    invocation = Invocation(invocation_id, checkpoint_edits=checkpoint_edits, generation=generation)
+    invocation = Invocation(
+        invocation_id,
+        checkpoint_edits=checkpoint_edits,
+        generation=generation,
+        on_sleep=run.sleep_hook(invocation_id),
+    )
     if rerun_of is not None:
         invocation.recorded = await _recorded_calls(rerun_of)
     return await run_step_code(

@@ -59,6 +59,9 @@ class Invocation:
     last_held: float = 0.0
     flush_timer: asyncio.TimerHandle | None = None
     returned: bool = False
+    # Told when the step's code begins a durable sleep of that many seconds; returns
+    # what to call when the sleep ends (`RunState.sleep_hook`). None: nobody listens.
+    on_sleep: Callable[[float], Callable[[], None]] | None = None
 
     def next_send_key(self) -> str:
         key = _naming.send_idempotency_key(self.invocation_id, self.sends)

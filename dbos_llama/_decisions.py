@@ -15,6 +15,7 @@ from workflows.runtime.types.plugin import (
 from workflows.runtime.types.ticks import TickStepResult
 
 from . import _naming
+from ._asleep import wait_first
 from ._collecting import Collectors, collector_race, first_finished, holds_cancel, result_of
 from ._context import outside_workflow
 from ._mailbox import Mailbox
@@ -325,12 +326,13 @@ class Decisions:
     async def _race(
         self, worker: asyncio.Task[Any], pull: asyncio.Task[Any], timeout: float | None
     ) -> str:
-        """What comes first, live: "step", "pull", "cancel" or "timeout"."""
+        """What comes first, live: "step", "pull", "cancel" or "timeout". A step in a
+        long durable sleep meanwhile may release the run (`_asleep`)."""
         arrived = asyncio.ensure_future(self._mailbox.arrived.wait())
         remaining = None if timeout is None else max(0.0, timeout - self._run.elapsed_since_clock())
         try:
-            done, _ = await asyncio.wait(
-                [worker, pull, arrived], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            done = await wait_first(
+                self._run, worker, [worker, pull, arrived], remaining, self._idle_here()
             )
         finally:
             arrived.cancel()

@@ -237,9 +237,19 @@ async def sleep(seconds: float) -> None:
     sleeps only what remains (an hour's sleep that crashed after ten minutes
     sleeps fifty more).
 
+    In a class with ``@durable(idle_release=...)``, a sleep longer than that threshold
+    in the run's only running step releases the run from memory until it ends.
+
     Example: ``await sleep(3600)``.
     """
     if not _in_durable_step_code():
         await asyncio.sleep(seconds)
         return
-    await DBOS.sleep_async(seconds)
+    invocation = invocation_var.get()
+    hook = invocation.on_sleep if invocation is not None else None
+    ended = hook(seconds) if hook is not None else None
+    try:
+        await DBOS.sleep_async(seconds)
+    finally:
+        if ended is not None:
+            ended()

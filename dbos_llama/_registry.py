@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from dbos import DBOS
+
 from ._naming import NAME_PREFIX
 from ._redact import PasswordRedactor
 from ._upstream import dbos_launched
@@ -135,6 +137,8 @@ cancelled_runs: set[str] = set()
 
 
 _CANCELLED_DURING = re.compile(r"Workflow (.+?) was cancelled during execution")
+#: DBOS's warning when the asyncio task of a workflow it executes is cancelled.
+_TASK_CANCELLED = "Asyncio task cancelled for workflow or step"
 
 
 class _CancelledRunQuiet(logging.Filter):
@@ -145,7 +149,10 @@ class _CancelledRunQuiet(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and getattr(exc, "workflow_id", None) in cancelled_runs:
             return False
-        found = _CANCELLED_DURING.search(record.getMessage())
+        message = record.getMessage()
+        if message.startswith(_TASK_CANCELLED) and DBOS.workflow_id in cancelled_runs:
+            return False  # (a step invocation's task, cancelled with its released run)
+        found = _CANCELLED_DURING.search(message)
         return found is None or found.group(1) not in cancelled_runs
 
 
@@ -158,7 +165,7 @@ class _ShutdownCancelQuiet(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not message.startswith("Asyncio task cancelled for workflow or step"):
+        if not message.startswith(_TASK_CANCELLED):
             return True
         # DBOS's wrapper of every workflow body; after DBOS.destroy() nothing it
         # still runs is a live run's cancel (that is logged while DBOS is launched).

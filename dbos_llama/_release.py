@@ -127,13 +127,28 @@ class ReleaseTable(SystemTable):
         )
         return changed == 1
 
-    def take(self, run_id: str) -> dict[str, Any] | None:
-        """At the start of the run's body: its row (state, clock offset), deleted."""
+    def take(
+        self, run_id: str, settle: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> dict[str, Any] | None:
+        """At the start of the run's body: its row (state, clock offset), deleted. A
+        row with a wake time is first handed to ``settle`` (one statement for the
+        others)."""
         found = self.rows(
-            f"DELETE FROM {self.name} WHERE run_id = :id RETURNING state, clock_offset",
+            f"DELETE FROM {self.name} WHERE run_id = :id AND wake_ms IS NULL "
+            "RETURNING state, clock_offset",
             id=run_id,
         )
-        return found[0] if found else None
+        if found:
+            return found[0]
+        found = self.rows(
+            f"SELECT state, clock_offset FROM {self.name} WHERE run_id = :id", id=run_id
+        )
+        if not found:
+            return None
+        if settle is not None:
+            settle(run_id, found[0])
+        self.write(f"DELETE FROM {self.name} WHERE run_id = :id", id=run_id)
+        return found[0]
 
     # -- wakers ---------------------------------------------------------------------------
     def claim(self, run_id: str) -> bool:

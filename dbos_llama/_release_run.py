@@ -8,12 +8,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dbos import DBOS, DBOSClient
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
-from ._records import PENDING, dbos_statuses, step_rows
+from ._records import CANCELLED, PENDING, dbos_statuses, step_rows
 from ._run_state import RunState
 from ._send import Outbox
 
@@ -102,10 +103,12 @@ class Released(BaseException):
     ``except Exception`` on the way (upstream's or a step's) takes it for a failure."""
 
 
-async def release(run: RunState, wake_in: float | None) -> None:
-    """Release ``run`` (idle in its mailbox): record it, cancel its DBOS workflow and
-    raise `Released`. Returns, the run staying in memory, if the release cannot be
-    recorded (no launched DBOS, the database briefly away)."""
+async def release(run: RunState, wake_in: float | None, sleeping: str | None = None) -> None:
+    """Release ``run`` (idle in its mailbox, or with its one running step invocation
+    ``sleeping`` in a durable sleep, `_asleep`): record it, cancel its DBOS workflow
+    (and that step invocation's) and raise `Released`. Returns, the run staying in
+    memory, if the release cannot be recorded (no launched DBOS, the database
+    briefly away)."""
     releases = local()
     if releases is None:
         return
@@ -128,9 +131,14 @@ async def release(run: RunState, wake_in: float | None) -> None:
         logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
         return
     run.releasing = True
+    # Nothing else of the run executes: its mailbox receive (and the sleeping step).
+    cancelled = [run_id] if sleeping is None else [run_id, sleeping]
+    if sleeping is not None:
+        # DBOS's warning about the sleeping step's cancelled task is noise here.
+        _registry.cancelled_runs.add(sleeping)
     try:
-        # Not the children: nothing of the run is executing but its mailbox receive.
-        await outside_workflow(functools.partial(DBOS.cancel_workflow, run_id))
+        # One transaction: both or neither.
+        await outside_workflow(functools.partial(DBOS.cancel_workflows, cancelled))
     except Exception as error:
         run.releasing = False
         logger.warning("Run %r could not be released (%s); it stays in memory.", run_id, error)
@@ -177,7 +185,7 @@ async def take_up(run: RunState) -> bool:
     for attempt in range(5):
         try:
             found = await outside_workflow(
-                functools.partial(releases.table.ensure().take, run.run_id)
+                functools.partial(releases.table.ensure().take, run.run_id, _resume_steps)
             )
             break
         except Exception as error:  # the database briefly away
@@ -198,3 +206,18 @@ async def take_up(run: RunState) -> bool:
     if found["clock_offset"] is not None:
         run.continue_clock(float(found["clock_offset"]))
     return True
+
+
+def _resume_steps(run_id: str, row: dict[str, Any]) -> None:
+    """Before a released run's record with a wake time is deleted: resume the step
+    invocations its release cancelled (one in a durable sleep, `_asleep`), so that
+    its replay finds them running again. A crash before the delete does it again."""
+    if row["state"] not in ("released", "waking"):
+        return
+    cancelled = DBOS.list_workflows(
+        parent_workflow_id=run_id, status=CANCELLED, load_input=False, load_output=False
+    )
+    steps = [status.workflow_id for status in cancelled]
+    if steps:
+        _registry.cancelled_runs.difference_update(steps)
+        DBOS.resume_workflows(steps)  # (DBOS's internal queue: any worker with the code)

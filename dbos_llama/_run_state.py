@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,10 @@ class Phase(enum.Enum):
 
 #: The phases in which the run's body is in this process.
 _BODY_HERE = frozenset({Phase.PREPARING, Phase.LIVE, Phase.REPLAYING, Phase.ENDED})
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -153,6 +158,11 @@ class RunState:
     rules: int = 1
     # Set when a step's code here returned the StopEvent: the stream takes no more.
     stopping: bool = False
+    # Its step invocations in a durable sleep of at least ``idle_release`` here, while
+    # its body executes here, with the task running their code; the event set when
+    # one begins (`_asleep`).
+    sleeping: dict[str, asyncio.Task[Any] | None] = field(default_factory=dict)
+    sleep_began: asyncio.Event | None = None
 
     @property
     def executing(self) -> bool:
@@ -178,6 +188,24 @@ class RunState:
 
     def end_body(self) -> None:
         self.phase = Phase.ENDED
+
+    def sleep_hook(self, invocation_id: str) -> Callable[[float], Callable[[], None]]:
+        """`Invocation.on_sleep` for the run's step invocation ``invocation_id``: a
+        durable sleep of at least ``idle_release`` is noted while it lasts."""
+
+        def began(seconds: float) -> Callable[[], None]:
+            if self.idle_release is None or seconds < self.idle_release or not self.executing:
+                return _nothing
+            self.sleeping[invocation_id] = asyncio.current_task()
+            if self.sleep_began is not None:
+                self.sleep_began.set()
+
+            def ended() -> None:
+                self.sleeping.pop(invocation_id, None)
+
+            return ended
+
+        return began
 
     def store_for(self, workflow: Workflow) -> DurableStateStore[Any]:
         """The run's `ctx.store`, created on first use with the workflow's state type."""

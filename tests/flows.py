@@ -631,5 +631,29 @@ class IdleDeadline(Workflow):
         return StopEvent(result=f"{quote}:{answer.response}")
 
 
+class Poke(Event):
+    note: str
+
+
+@durable(name="tests.IdleNap", idle_release=IDLE_SECONDS)
+class IdleNap(Workflow):
+    """A step in a durable sleep far longer than the idle threshold (released while
+    it sleeps), and a step that takes events sent meanwhile."""
+
+    @step
+    async def nap(self, ev: StartEvent) -> StopEvent | Poke:  # (Poke: sent from outside)
+        step_started()
+        before = await effect("before-nap")
+        await sleep(ev.seconds)
+        mark("woke")
+        return StopEvent(result=before + await effect("after-nap"))
+
+    @step
+    async def poked(self, ev: Poke) -> None:
+        step_started()
+        mark(f"poked:{ev.note}")
+
+
 FLOWS["idle-approval"] = IdleApproval
 FLOWS["idle-deadline"] = IdleDeadline
+FLOWS["idle-nap"] = IdleNap

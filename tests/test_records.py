@@ -80,6 +80,19 @@ def test_release_rows_keep_their_columns(tmp_path) -> None:
         assert table.queue_of("r") == "q"
         assert table.claim("r") is True and table.claim("r") is False
         assert table.take("r") == {"state": "waking", "clock_offset": 0.5}
+        # A row with a wake time is settled (its released steps resumed) before it goes.
+        table.write(
+            f"INSERT INTO {table.name} (run_id, state, released_ms, wake_ms, claimed_ms, "
+            "clock_offset, executor_id, queue_name) "
+            "VALUES ('s', 'released', 1, 9, NULL, 0.25, 'w1', NULL)"
+        )
+        settled: list[tuple[str, dict[str, object]]] = []
+        assert table.take("s", lambda *a: settled.append(a)) == {
+            "state": "released",
+            "clock_offset": 0.25,
+        }
+        assert settled == [("s", {"state": "released", "clock_offset": 0.25})]
+        assert table.take("s") is None
     finally:
         table.dispose()
 
