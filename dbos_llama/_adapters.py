@@ -185,7 +185,7 @@ _aborts: set[asyncio.Task[None]] = set()
 
 async def cancel_run_by_id(run_id: str) -> None:
     """Mark a run and its unfinished steps CANCELLED in the database; a process
-    executing it notices within `CANCEL_POLL_SECONDS` and stops. A released run
+    executing it notices within `_cancel_watch.CANCEL_POLL_SECONDS` and stops. A released run
     stops reading as waiting."""
     cancel = functools.partial(DBOS.cancel_workflow, cancel_children=True)
     releases = local()

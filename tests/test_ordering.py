@@ -61,15 +61,17 @@ class Racing(Workflow):
     @step(num_workers=2)
     async def branch(self, ctx: Context, ev: Part) -> StopEvent | None:
         if ev.n == 0:
-            stopped.set()
+            stopped[0].set()
             return StopEvent(result="first")
-        await stopped.wait()
+        await stopped[0].wait()
         await asyncio.sleep(late_after[0])
         ctx.write_event_to_stream(Late())
         return None
 
 
-stopped = asyncio.Event()
+#: Set when the StopEvent's step returns; a new one for each run (an asyncio.Event is
+#: bound to the event loop that first waits on it, and each test has its own loop).
+stopped = [asyncio.Event()]
 #: How long after the StopEvent's return the sibling writes: long enough for a plain
 #: run to have taken it (and cancelled the sibling); a durable run drops the write
 #: however soon it comes (it takes the StopEvent later, once it is recorded).
@@ -96,7 +98,7 @@ async def test_an_event_sent_right_after_run_reaches_the_run(dbos_app: str) -> N
 
 async def test_a_sibling_streams_nothing_after_the_stop_event(dbos_app: str) -> None:
     for cls, kwargs, delay in ((Racing, {}, 0.05), (DurableRacing, {"run_id": "racing"}, 0.005)):
-        stopped.clear()
+        stopped[0] = asyncio.Event()
         late_after[0] = delay
         handler = cls(timeout=30).run(**kwargs)
         streamed = [type(e).__name__ async for e in handler.stream_events()]
