@@ -187,17 +187,25 @@ class RunState:
 
     def sleep_hook(self, invocation_id: str) -> Callable[[float], Callable[[], None]]:
         """`Invocation.on_sleep` for the run's step invocation ``invocation_id``: a
-        durable sleep of at least ``idle_release`` is noted while it lasts."""
+        durable sleep of at least ``idle_release`` is noted while it lasts. It holds
+        the run weakly: a timer a step leaves behind keeps the step's contextvars,
+        and must not keep the run (or its workflow instance) alive."""
+        ref = weakref.ref(self)
 
         def began(seconds: float) -> Callable[[], None]:
-            if self.idle_release is None or seconds < self.idle_release or not self.executing:
+            run = ref()
+            if run is None or run.idle_release is None or seconds < run.idle_release:
                 return _nothing
-            self.sleeping[invocation_id] = asyncio.current_task()
-            if self.sleep_began is not None:
-                self.sleep_began.set()
+            if not run.executing:
+                return _nothing
+            run.sleeping[invocation_id] = asyncio.current_task()
+            if run.sleep_began is not None:
+                run.sleep_began.set()
 
             def ended() -> None:
-                self.sleeping.pop(invocation_id, None)
+                still = ref()
+                if still is not None:
+                    still.sleeping.pop(invocation_id, None)
 
             return ended
 

@@ -101,7 +101,20 @@ def test_answering_an_ended_run_says_why_without_a_traceback(tmp_path: Path) -> 
 
 
 def test_workers_on_postgres(tmp_path: Path, pg_database) -> None:
-    out = run_example("workers.py", tmp_path, DBOS_LLAMA_DB=pg_database())
+    db = pg_database()
+    try:
+        out = run_example("workers.py", tmp_path, DBOS_LLAMA_DB=db)
+    except subprocess.TimeoutExpired as hung:
+        # Its workers outlive it (they were its children): stop them, and say what
+        # was left unfinished, for whoever looks at this failure.
+        printed = _text(hung.stdout)
+        for line in printed.splitlines():
+            if " ready (pid " in line:
+                _kill(int(line.rsplit("pid ", 1)[1].rstrip(")")))
+        raise AssertionError(
+            f"the demo did not end:\n{printed}\n{_text(hung.stderr)[-5000:]}\n"
+            f"unfinished:\n{_unfinished(db)}"
+        ) from None
     assert "worker w1 killed (SIGKILL) with runs in flight, for good" in out
     assert "took over" in out and "runs of dead worker w1: ['doc-" in out
     assert "30 runs finished, last step run by: {" in out  # the split varies
@@ -110,6 +123,35 @@ def test_workers_on_postgres(tmp_path: Path, pg_database) -> None:
     for i in range(30):
         assert f"doc-{i}: 'summary of the text of doc-{i}' by " in out
     assert "external calls executed: " in out and " for 60 distinct calls" in out
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+def _unfinished(db: str) -> str:
+    """The workflows of the database that did not succeed, and the fleet's leases."""
+    import psycopg
+
+    found: list[object] = []
+    for sql in (
+        "SELECT workflow_uuid, status, name, executor_id, queue_name, recovery_attempts "
+        "FROM dbos.workflow_status WHERE status <> 'SUCCESS' ORDER BY created_at",
+        "SELECT * FROM dbos_llama.workers",
+    ):
+        try:
+            with psycopg.connect(db) as conn:
+                found += [sql, *conn.execute(sql).fetchall()]
+        except psycopg.Error as error:
+            found += [sql, error]
+    return "\n".join(map(str, found))
 
 
 def test_durable_agent(tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from workflows.errors import WorkflowCancelledByUser
 
-from dbos_llama import DurableClient
+from dbos_llama import DurableClient, RunInfo
 from dbos_llama._asleep import sleep_left
 from dbos_llama._records import StepRow
 from tests.conftest import read_log, snapshot, start_driver
@@ -22,24 +23,39 @@ from tests.test_idle_release import finished, released
 NAP = "nap/0"  # the sleeping step's invocation, under the run's ID
 
 
+async def nap_through(
+    db_url: str,
+    run_id: str,
+    seconds: float,
+    log: Path,
+    while_released: Callable[[RunInfo], Awaitable[None]],
+) -> float:
+    """Run the "idle-nap" flow in a worker process; once the run reads released, call
+    ``while_released``; return the seconds until the run ended with its result."""
+    began = time.monotonic()
+    worker = start_driver(db_url, "idle-nap", run_id, {"seconds": seconds}, log)
+    try:
+        await while_released(await released(db_url, run_id))
+        out = finished(worker)
+    finally:
+        worker.kill()
+    assert 'RESULT "<before-nap><after-nap>"' in out
+    return time.monotonic() - began
+
+
 async def test_a_run_whose_step_sleeps_past_the_idle_threshold_is_released_until_it_wakes(
     db_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "log"
-    began = time.monotonic()
-    worker = start_driver(db_url, "idle-nap", "nap-1", {"seconds": 6.0}, log)
-    try:
-        info = await released(db_url, "nap-1")
+
+    async def while_released(info: RunInfo) -> None:
         assert (info.status, info.finished) == ("PENDING", False)
         # Neither the run nor its sleeping step is executing anywhere.
         statuses = snapshot(db_url, "nap-1").statuses
         assert (statuses["nap-1"], statuses[f"nap-1/{NAP}"]) == ("CANCELLED", "CANCELLED")
         assert read_log(log)["woke"] == 0
-        out = finished(worker)
-    finally:
-        worker.kill()
-    took = time.monotonic() - began
-    assert 'RESULT "<before-nap><after-nap>"' in out
+
+    took = await nap_through(db_url, "nap-1", 6.0, log, while_released)
     assert 6.0 <= took < 25, took
     lines = read_log(log)
     # The step's code ran again when woken; its completed call was not repeated.
@@ -52,17 +68,12 @@ async def test_an_event_sent_while_the_run_sleeps_released_is_taken_and_the_slee
     db_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "log"
-    began = time.monotonic()
-    worker = start_driver(db_url, "idle-nap", "nap-2", {"seconds": 8.0}, log)
-    try:
-        await released(db_url, "nap-2")
+
+    async def poke(info: RunInfo) -> None:
         async with DurableClient(db_url) as client:
             await client.send_event("nap-2", Poke(note="hello"))
-        out = finished(worker)
-    finally:
-        worker.kill()
-    took = time.monotonic() - began
-    assert 'RESULT "<before-nap><after-nap>"' in out
+
+    took = await nap_through(db_url, "nap-2", 8.0, log, poke)
     assert 8.0 <= took < 30, took
     lines = read_log(log)
     assert lines["poked:hello"] == 1
