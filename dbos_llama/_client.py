@@ -18,7 +18,7 @@ from workflows.events import Event, StopEvent
 
 from . import _envelope as envelope
 from . import _naming, _otel, _registry
-from ._handover import hand_over
+from ._handover import hand_over, resume_cancelled_steps
 from ._history import StepInvocationInfo, fork_point, timeline
 from ._json_serializer import JsonDataSerializer
 from ._patches import ImportedClassesSerializer, rebuild_payload, recorded_edits
@@ -398,8 +398,11 @@ class DurableClient:
 
     async def resume(self, run_id: str) -> None:
         """Resume a cancelled or failed run from its last checkpoint (a released run:
-        wake it up)."""
-        await self.get_run(run_id)
+        wake it up). A cancelled run's step invocations that its cancel stopped are
+        resumed first: the run's replay finds them running again."""
+        info = await self.get_run(run_id)
+        if info.status == CANCELLED:
+            await asyncio.to_thread(resume_cancelled_steps, self._dbos, run_id)
         await asyncio.to_thread(self._releases.resume, run_id)
 
     async def take_over(self, executor_id: str) -> list[str]:

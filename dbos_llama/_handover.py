@@ -1,13 +1,15 @@
-"""Handing a worker's unfinished runs and step invocations back to their queues."""
+"""Handing a worker's unfinished runs and step invocations back to their queues, and
+a cancelled run's step invocations back to work."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from dbos import DBOSClient
 
 from . import _naming
-from ._records import PENDING
+from ._records import CANCELLED, PENDING
 
 
 def hand_over(client: DBOSClient, executor_id: str, *, keep: Collection[str] = ()) -> list[str]:
@@ -35,3 +37,18 @@ def hand_over(client: DBOSClient, executor_id: str, *, keep: Collection[str] = (
     return sorted(
         s.workflow_id for s in ours if _naming.parse_run_workflow_name(s.name or "") is not None
     )
+
+
+def resume_cancelled_steps(api: Any, run_id: str) -> list[str]:
+    """Resume the run's CANCELLED step invocations (DBOS's internal queue: any worker
+    with the code runs them), so that the run's replay finds them running again: a
+    cancel stops them with the run, and DBOS's resume of the run alone would leave
+    its replay awaiting a cancelled one. ``api`` is `DBOS` or a `DBOSClient`.
+    Returns their IDs."""
+    cancelled = api.list_workflows(
+        parent_workflow_id=run_id, status=CANCELLED, load_input=False, load_output=False
+    )
+    steps = [status.workflow_id for status in cancelled]
+    if steps:
+        api.resume_workflows(steps)
+    return steps

@@ -14,7 +14,8 @@ from dbos import DBOS, DBOSClient
 
 from . import _registry, _release, _upstream
 from ._context import outside_workflow
-from ._records import CANCELLED, PENDING, dbos_statuses, step_rows
+from ._handover import resume_cancelled_steps
+from ._records import PENDING, dbos_statuses, step_rows
 from ._run_state import RunState
 from ._send import Outbox
 
@@ -212,12 +213,5 @@ def _resume_steps(run_id: str, row: dict[str, Any]) -> None:
     """Before a released run's record with a wake time is deleted: resume the step
     invocations its release cancelled (one in a durable sleep, `_asleep`), so that
     its replay finds them running again. A crash before the delete does it again."""
-    if row["state"] not in ("released", "waking"):
-        return
-    cancelled = DBOS.list_workflows(
-        parent_workflow_id=run_id, status=CANCELLED, load_input=False, load_output=False
-    )
-    steps = [status.workflow_id for status in cancelled]
-    if steps:
-        _registry.cancelled_runs.difference_update(steps)
-        DBOS.resume_workflows(steps)  # (DBOS's internal queue: any worker with the code)
+    if row["state"] in ("released", "waking"):
+        _registry.cancelled_runs.difference_update(resume_cancelled_steps(DBOS, run_id))

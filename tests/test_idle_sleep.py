@@ -102,7 +102,7 @@ async def test_a_run_released_asleep_wakes_in_another_worker_after_its_own_died(
     assert (lines["effect:before-nap"], lines["woke"], lines["effect:after-nap"]) == (1, 1, 1)
 
 
-async def test_a_run_released_asleep_can_be_cancelled(
+async def test_a_run_released_asleep_can_be_cancelled_then_resumed(
     dbos_app: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = tmp_path / "log"
@@ -117,6 +117,11 @@ async def test_a_run_released_asleep_can_be_cancelled(
     statuses = snapshot(dbos_app, "nap-x").statuses
     assert (statuses["nap-x"], statuses[f"nap-x/{NAP}"]) == ("CANCELLED", "CANCELLED")
     assert read_log(log)["woke"] == 0
+    # Resumed, it goes on with its step (its sleep is over) and ends.
+    async with DurableClient(dbos_app) as client:
+        await client.resume("nap-x")
+        assert await asyncio.wait_for(client.get_result("nap-x"), 30) == ("<before-nap><after-nap>")
+    assert read_log(log)["effect:before-nap"] == 1
 
 
 def test_the_time_left_of_a_sleep_is_its_last_recorded_end() -> None:

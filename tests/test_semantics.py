@@ -160,6 +160,21 @@ async def test_list_and_resume_runs(dbos_app: str) -> None:
         assert await client.get_result("res-1") == "answer=after all"
 
 
+async def test_a_run_cancelled_mid_step_resumes_with_its_step(dbos_app: str) -> None:
+    """The cancel stops the running step with the run; the resume starts it again
+    (before, the run's replay found its step cancelled and ended CANCELLED again)."""
+    handler = Slowpoke(timeout=None).run(run_id="mid-1", seconds=2)
+    await asyncio.sleep(0.5)  # the step sleeps
+    async with DurableClient(dbos_app) as client:
+        assert await client.cancel("mid-1") is True
+        with pytest.raises(WorkflowCancelledByUser):
+            await handler
+        assert snapshot(dbos_app, "mid-1").statuses["mid-1/nap/0"] == "CANCELLED"
+        await client.resume("mid-1")
+        assert await asyncio.wait_for(client.get_result("mid-1"), 30) == "woke"
+    assert set(snapshot(dbos_app, "mid-1").statuses.values()) == {"SUCCESS"}
+
+
 @pytest.mark.parametrize("crash_at", [None, "inner:work"])
 def test_nested_durable_run_from_a_step(tmp_path: Path, db_url: str, crash_at) -> None:
     log = tmp_path / "log"
